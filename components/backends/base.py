@@ -1,0 +1,49 @@
+"""The backend contract: which engine, which device, what the build must have, how modules run."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from typing import Any
+
+from runner.errors import CapabilityError
+from runner.schema import BackendSpec, PrecisionSpec
+
+
+class Backend(abc.ABC):
+    """An engine plus a way to run it. Checks capabilities before any weights load."""
+
+    def __init__(self, *, spec: BackendSpec) -> None:
+        self.spec = spec
+
+    @abc.abstractmethod
+    def resolve_device(self) -> str:
+        """The concrete device string (e.g. "cpu", "gpu:0"), or CapabilityError naming what is missing."""
+
+    @abc.abstractmethod
+    def supported_dtypes(self, device: str) -> tuple[str, ...]:
+        """Dtypes the engine can run on `device`."""
+
+    def check(self, precision: PrecisionSpec) -> str:
+        """Run every capability check; return the device the run will use."""
+        device = self.resolve_device()
+        allowed = self.supported_dtypes(device)
+        if precision.dtype not in allowed:
+            names = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+            allowed_names = ", ".join(names.get(d, d) for d in allowed)
+            raise CapabilityError(
+                f"precision={precision.name} ({precision.dtype}) cannot run on backend={self.spec.name} "
+                f"device {device}: {self.dtype_reason(device)}; supported there: {allowed_names}"
+            )
+        return device
+
+    def dtype_reason(self, device: str) -> str:
+        return "the engine has no kernels for it there"
+
+    def prepare(self, components: Mapping[str, Any], engine: Any) -> dict[str, Any]:
+        """Turn eager components into what this backend runs (compiled, exported...). Default: eager."""
+        return dict(components)
+
+    def describe(self) -> dict[str, Any]:
+        """Backend facts for report.json."""
+        return {"name": self.spec.name, "engine": self.spec.engine, **self.spec.options}

@@ -1,0 +1,144 @@
+"""What every engine provides to the runner and to the engine-neutral stages.
+
+An engine is a framework plus its model library. It builds components (from a weights folder or at
+random from an architecture), and offers the handful of tensor operations the stages need; stages
+otherwise use methods that Paddle and PyTorch tensors share (reshape, tile, chunk, arithmetic).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.loading import ComponentType, bundled_tokenizer
+from runner.errors import ConfigError
+from runner.registry import import_object
+from runner.schema import ComponentSpec
+
+
+class EngineBase(abc.ABC):
+    """Shared building logic; subclasses fill in the framework hooks."""
+
+    name: str = ""
+    component_types: Mapping[str, ComponentType] = {}
+
+    def __init__(self, *, device: str, dtype: str) -> None:
+        self.device = device
+        self.dtype_name = dtype
+
+    # ----------------------------------------------------------------- components
+    def load_component(self, spec: ComponentSpec, weights_dir: str | None, *, seed: int) -> Any:
+        """Load `spec` from its folder in `weights_dir`, or build it with random weights when None.
+
+        Random weights are seeded per component role, so adding a component never changes the others.
+        """
+        ctype = self.component_type(spec.type)
+        cls = import_object(ctype.cls)
+        if ctype.kind == "tokenizer":
+            folder = Path(weights_dir) / spec.path if weights_dir else bundled_tokenizer(ctype.asset or "")
+            kwargs = {} if weights_dir else {"model_max_length": spec.options.get("max_length", 77)}
+            return cls.from_pretrained(str(folder), **kwargs)
+        if weights_dir is None:
+            self._manual_seed(component_seed(seed, spec.role))
+            with self._building_dtype():
+                module = self._construct(ctype, cls, spec.config)
+        else:
+            module = self._from_pretrained(ctype, cls, Path(weights_dir) / spec.path)
+        return self._place(module)
+
+    def component_type(self, type_name: str) -> ComponentType:
+        if type_name not in self.component_types:
+            known = ", ".join(sorted(self.component_types))
+            raise ConfigError(f"engine {self.name} has no component type {type_name!r}; it knows: {known}")
+        return self.component_types[type_name]
+
+    @staticmethod
+    def _construct(ctype: ComponentType, cls: Any, config: Mapping[str, Any]) -> Any:
+        if ctype.kind == "text_model":
+            return cls(import_object(ctype.config_cls)(**config))
+        return cls.from_config(dict(config))
+
+    @abc.abstractmethod
+    def _from_pretrained(self, ctype: ComponentType, cls: Any, folder: Path) -> Any:
+        """Load a model from a component folder (either framework's weight layout)."""
+
+    @abc.abstractmethod
+    def _manual_seed(self, seed: int) -> None: ...
+
+    @abc.abstractmethod
+    def _building_dtype(self) -> contextlib.AbstractContextManager[None]:
+        """Context in which parameters are created directly in the run's dtype."""
+
+    @abc.abstractmethod
+    def _place(self, module: Any) -> Any:
+        """Put a built or loaded model on the device, in the run's dtype, in eval mode."""
+
+    @abc.abstractmethod
+    def make_scheduler(self, class_name: str, config: Mapping[str, Any]) -> Any: ...
+
+    # ----------------------------------------------------------------- tensors
+    @abc.abstractmethod
+    def cat(self, tensors: Sequence[Any], dim: int = 0) -> Any: ...
+
+    @abc.abstractmethod
+    def zeros_like(self, x: Any) -> Any: ...
+
+    @abc.abstractmethod
+    def tensor(self, data: Any, dtype: Any = None) -> Any:
+        """A tensor on the run's device from Python or NumPy data."""
+
+    @abc.abstractmethod
+    def to_numpy(self, x: Any) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def cast(self, x: Any, dtype: Any) -> Any: ...
+
+    @property
+    @abc.abstractmethod
+    def dtype(self) -> Any:
+        """The framework dtype of this run's precision."""
+
+    @abc.abstractmethod
+    def generator(self, seed: int) -> Any:
+        """The generator the stock pipelines use for `seed` (passed on to scheduler steps too)."""
+
+    @abc.abstractmethod
+    def randn(self, shape: Sequence[int], generator: Any, dtype: Any) -> Any:
+        """Standard normal noise drawn exactly as the stock pipelines draw it from `generator`."""
+
+    def numpy_randn(self, shape: Sequence[int], seed: int, dtype: Any) -> Any:
+        """Framework-neutral noise: the same numbers on every engine for the same seed."""
+        noise = np.random.default_rng(seed).standard_normal(tuple(shape), dtype=np.float32)
+        return self.cast(self.tensor(noise), dtype)
+
+    @abc.abstractmethod
+    def tokenize(self, tokenizer: Any, texts: Sequence[str], max_length: int) -> Any:
+        """Token ids [len(texts), max_length], padded to and truncated at `max_length`."""
+
+    # ----------------------------------------------------------------- runtime
+    @abc.abstractmethod
+    def inference_mode(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def synchronize(self) -> None:
+        """Wait for queued device work, so host timers measure it."""
+
+    @abc.abstractmethod
+    def reset_peak_memory(self) -> None: ...
+
+    @abc.abstractmethod
+    def peak_memory_mb(self) -> float:
+        """Peak device memory since the last reset (host RSS on CPU)."""
+
+    @abc.abstractmethod
+    def versions(self) -> dict[str, str]: ...
+
+
+def component_seed(seed: int, role: str) -> int:
+    """A stable per-role seed (crc32 of the role name mixed into the base seed)."""
+    return (seed * 1_000_003 + zlib.crc32(role.encode())) % (2**31 - 1)

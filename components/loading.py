@@ -1,0 +1,72 @@
+"""Engine-neutral description of how a component type is built or loaded.
+
+ppdiffusers mirrors diffusers' API and ppdiffusers.transformers mirrors transformers', so one table
+shape serves both engines: each engine maps a component type ("unet_2d_condition", "clip_text_model",
+...) to its own class paths, and `EngineBase` does the building and loading with a few framework
+hooks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+@dataclass(frozen=True)
+class ComponentType:
+    """How one component type is made on one engine.
+
+    kind: "model" (diffusers-style `from_config` / `from_pretrained`), "text_model" (transformers-style:
+    `Class(ConfigClass(**config))`), "tokenizer" (files only; with random weights the bundled tokenizer
+    named by `asset` is used).
+    """
+
+    kind: str
+    cls: str
+    config_cls: str | None = None
+    asset: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("model", "text_model", "tokenizer"):
+            raise ValueError(f"unknown component kind {self.kind!r}")
+
+
+def bundled_tokenizer(asset: str) -> Path:
+    """Folder of a small tokenizer shipped with the project, used with `weights=random`.
+
+    Real checkpoints carry their own tokenizer; random weights only need token ids of the right
+    sequence length, so a 700-token BPE vocabulary (CLIP) or a 220-piece sentencepiece model (T5)
+    stands in for the 49k / 32k vocabularies, which cannot be downloaded here.
+    """
+    path = ASSETS / "tokenizers" / asset
+    if not path.is_dir():
+        raise FileNotFoundError(f"bundled tokenizer {asset!r} is missing at {path}")
+    return path
+
+
+def _safetensors_format(path: Path) -> str | None:
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    return (header.get("__metadata__") or {}).get("format")
+
+
+def folder_is_torch_format(folder: str | os.PathLike[str]) -> bool:
+    """True when a component folder holds PyTorch-layout weights (as the model hub ships them).
+
+    diffusers names its files diffusion_pytorch_model.*; transformers writes model.safetensors with
+    metadata format "pt" (Paddle writes "np"/"pd" or .pdparams files).
+    """
+    folder = Path(folder)
+    for entry in sorted(folder.iterdir()):
+        name = entry.name
+        if name.startswith("diffusion_pytorch_model") or name.startswith("pytorch_model"):
+            return True
+        if name.endswith(".safetensors") and name.startswith("model"):
+            return _safetensors_format(entry) == "pt"
+    return False

@@ -1,0 +1,135 @@
+"""The PaddlePaddle engine: ppdiffusers models and schedulers, Paddle tensors and generators."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.engine_base import EngineBase
+from components.host_memory import PeakRssSampler
+from components.loading import ComponentType, folder_is_torch_format
+from components.paddle.runtime import import_paddle, import_ppdiffusers
+
+paddle = import_paddle()
+ppdiffusers = import_ppdiffusers()
+
+DTYPES = {"float32": paddle.float32, "float16": paddle.float16, "bfloat16": paddle.bfloat16}
+
+_TF = "ppdiffusers.transformers"
+COMPONENT_TYPES: dict[str, ComponentType] = {
+    "clip_tokenizer": ComponentType("tokenizer", f"{_TF}:CLIPTokenizer", asset="clip"),
+    "t5_tokenizer": ComponentType("tokenizer", f"{_TF}:T5Tokenizer", asset="t5"),
+    "clip_text_model": ComponentType("text_model", f"{_TF}:CLIPTextModel", f"{_TF}:CLIPTextConfig"),
+    "clip_text_model_with_projection": ComponentType(
+        "text_model", f"{_TF}:CLIPTextModelWithProjection", f"{_TF}:CLIPTextConfig"
+    ),
+    "t5_encoder": ComponentType("text_model", f"{_TF}:T5EncoderModel", f"{_TF}:T5Config"),
+    "unet_2d_condition": ComponentType("model", "ppdiffusers:UNet2DConditionModel"),
+    "autoencoder_kl": ComponentType("model", "ppdiffusers:AutoencoderKL"),
+}
+
+
+class PaddleEngine(EngineBase):
+    name = "paddle"
+    component_types = COMPONENT_TYPES
+
+    def __init__(self, *, device: str, dtype: str) -> None:
+        super().__init__(device=device, dtype=dtype)
+        paddle.set_device(device)
+        self._on_host = device == "cpu"
+        self._rss = PeakRssSampler()
+
+    # ----------------------------------------------------------------- components
+    def _from_pretrained(self, ctype: ComponentType, cls: Any, folder: Path) -> Any:
+        # Hub checkpoints are PyTorch-layout; ppdiffusers converts them while loading.
+        return cls.from_pretrained(
+            str(folder), from_diffusers=folder_is_torch_format(folder), paddle_dtype=self.dtype_name
+        )
+
+    def _manual_seed(self, seed: int) -> None:
+        paddle.seed(seed)
+
+    @contextlib.contextmanager
+    def _building_dtype(self) -> Iterator[None]:
+        # Parameters are created in the target dtype: a 12B model never exists as an fp32 copy.
+        previous = paddle.get_default_dtype()
+        paddle.set_default_dtype(self.dtype_name)
+        try:
+            yield
+        finally:
+            paddle.set_default_dtype(previous)
+
+    def _place(self, module: Any) -> Any:
+        # Models built from configs start in train mode (T5 dropout would be active).
+        module.eval()
+        if module.dtype != self.dtype:
+            module.to(dtype=self.dtype)
+        return module
+
+    def make_scheduler(self, class_name: str, config: Mapping[str, Any]) -> Any:
+        cls = getattr(ppdiffusers, class_name)
+        return cls.from_config(dict(config))
+
+    # ----------------------------------------------------------------- tensors
+    def cat(self, tensors: Sequence[Any], dim: int = 0) -> Any:
+        return paddle.concat(list(tensors), axis=dim)
+
+    def zeros_like(self, x: Any) -> Any:
+        return paddle.zeros_like(x)
+
+    def tensor(self, data: Any, dtype: Any = None) -> Any:
+        return paddle.to_tensor(data, dtype=dtype)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return x.cast(paddle.float32).numpy()
+
+    def cast(self, x: Any, dtype: Any) -> Any:
+        return x.cast(dtype)
+
+    @property
+    def dtype(self) -> Any:
+        return DTYPES[self.dtype_name]
+
+    def generator(self, seed: int) -> Any:
+        return paddle.Generator().manual_seed(seed)
+
+    def randn(self, shape: Sequence[int], generator: Any, dtype: Any) -> Any:
+        from ppdiffusers.utils.paddle_utils import randn_tensor
+
+        return randn_tensor(list(shape), generator=generator, dtype=dtype)
+
+    def tokenize(self, tokenizer: Any, texts: Sequence[str], max_length: int) -> Any:
+        encoded = tokenizer(
+            list(texts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pd"
+        )
+        return encoded.input_ids
+
+    # ----------------------------------------------------------------- runtime
+    def inference_mode(self) -> contextlib.AbstractContextManager[None]:
+        return paddle.no_grad()
+
+    def synchronize(self) -> None:
+        if not self._on_host:
+            paddle.device.synchronize()
+
+    def reset_peak_memory(self) -> None:
+        if self.device.startswith("gpu"):
+            paddle.device.cuda.reset_max_memory_allocated()
+        else:
+            self._rss.reset()
+
+    def peak_memory_mb(self) -> float:
+        if self.device.startswith("gpu"):
+            return paddle.device.cuda.max_memory_allocated() / 2**20
+        peak = self._rss.peak_mb()
+        self._rss.stop()
+        return peak
+
+    def versions(self) -> dict[str, str]:
+        import paddlenlp
+
+        return {"paddlepaddle": paddle.__version__, "ppdiffusers": ppdiffusers.__version__, "paddlenlp": paddlenlp.__version__}

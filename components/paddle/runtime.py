@@ -1,0 +1,115 @@
+"""Importing Paddle and ppdiffusers quietly, and asking the installed build what it can do.
+
+Capability answers come from the build itself (`paddle.is_compiled_with_*`), never from the device
+name in a config. Custom-device plugins are probed in a child process: on a build without the
+plugin, `create_predictor` with a custom device aborts the whole process (SIGABRT).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import subprocess
+import sys
+import warnings
+from types import ModuleType
+
+from runner.errors import CapabilityError
+
+_INSTALL_HINT = "install the paddle extra: pip install -e '.[paddle]'"
+
+
+def _quiet_environment() -> None:
+    # Weights come from local folders only; hub lookups would only stall on machines without network.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    warnings.filterwarnings("ignore", message="No ccache found")
+    # datasets (imported by paddlenlp) logs its torch detection at INFO on import.
+    logging.getLogger("datasets").setLevel(logging.WARNING)
+
+
+@functools.cache
+def import_paddle() -> ModuleType:
+    _quiet_environment()
+    try:
+        import paddle
+    except ImportError as exc:
+        raise CapabilityError(f"the paddle engine needs paddlepaddle ({exc}); {_INSTALL_HINT}") from exc
+    return paddle
+
+
+@functools.cache
+def import_ppdiffusers() -> ModuleType:
+    import_paddle()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import ppdiffusers
+            from paddlenlp.utils.log import logger as paddlenlp_logger
+    except ImportError as exc:
+        raise CapabilityError(f"the paddle engine needs ppdiffusers ({exc}); {_INSTALL_HINT}") from exc
+    paddlenlp_logger.set_level("WARNING")
+    ppdiffusers.utils.logging.set_verbosity_error()
+    logging.getLogger("ppdiffusers").setLevel(logging.ERROR)
+    from components.paddle.compat import install_cpu_attention_fallback
+
+    install_cpu_attention_fallback()
+    return ppdiffusers
+
+
+def build_features() -> dict[str, bool]:
+    """What the installed Paddle build was compiled with."""
+    paddle = import_paddle()
+    from paddle import inference
+
+    trt = inference.get_trt_compile_version() if hasattr(inference, "get_trt_compile_version") else (0, 0, 0)
+    return {
+        "cuda": paddle.is_compiled_with_cuda(),
+        "rocm": paddle.is_compiled_with_rocm(),
+        "xpu": paddle.is_compiled_with_xpu(),
+        "cinn": paddle.is_compiled_with_cinn(),
+        "tensorrt": tuple(trt) != (0, 0, 0),
+    }
+
+
+def device_count(kind: str) -> int:
+    """Number of visible devices of a built-in kind ("gpu" covers CUDA and ROCm, "xpu")."""
+    paddle = import_paddle()
+    if kind == "gpu":
+        return paddle.device.cuda.device_count()
+    if kind == "xpu":
+        return paddle.device.xpu.device_count() if hasattr(paddle.device, "xpu") else 0
+    return 0
+
+
+_PROBE = """
+import sys, paddle
+kind = sys.argv[1]
+types = paddle.device.get_all_custom_device_type() or []
+if kind not in types:
+    print("missing:" + ",".join(types)); sys.exit(0)
+paddle.set_device(kind + ":0")
+(paddle.ones([2]) + 1).numpy()
+print("ok")
+"""
+
+
+def probe_custom_device(kind: str, timeout_s: float = 120.0) -> tuple[bool, str]:
+    """Try a custom device (npu, mlu, ...) in a child process; return (usable, detail)."""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _PROBE, kind], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"probing custom device {kind!r} timed out after {timeout_s:.0f} s"
+    out = result.stdout.strip().splitlines()
+    last = out[-1] if out else ""
+    if result.returncode != 0:
+        return False, f"probing custom device {kind!r} crashed the probe process (exit code {result.returncode})"
+    if last.startswith("missing:"):
+        found = last.removeprefix("missing:") or "none"
+        return False, f"no Paddle custom-device plugin for {kind!r} is installed (plugins found: {found})"
+    return last == "ok", last or "the probe printed nothing"

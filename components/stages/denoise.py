@@ -1,0 +1,65 @@
+"""The denoise loop: a predictor, a guidance rule and the scheduler step, repeated over the timesteps."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from runner.graph import RunContext, Stage, make_part
+
+
+class DenoiseLoop(Stage):
+    """For each timestep: expand latents for guidance, scale, predict, combine, step the scheduler.
+
+    predictor / guidance: registered sub-steps with their parameters (see conf/model/*.yaml).
+    Per-step wall times (device-synchronized) go to `ctx.step_times_ms` for the report.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        predictor: Mapping[str, Any] | str,
+        guidance: Mapping[str, Any] | str = "cfg",
+        scheduler: str = "scheduler",
+    ) -> None:
+        super().__init__(name=name)
+        self.predictor = make_part("predictor", predictor, f"stage {name!r}")
+        self.guidance = make_part("guidance", guidance, f"stage {name!r}")
+        self.scheduler = scheduler
+        self.inputs = ("latents", "timesteps", "guidance", *self.predictor.state_keys)
+        self.outputs = ("latents",)
+        self.components = (*self.predictor.components, scheduler)
+
+    def run(self, state: Mapping[str, Any], ctx: RunContext) -> dict[str, Any]:
+        engine = ctx.engine
+        scheduler = ctx.components[self.scheduler]
+        self.predictor.check(ctx.components)
+        scale = state["guidance"]
+        cond = self.guidance.batch_conditioning(state, self.predictor.state_keys, engine, scale)
+        step_kwargs = _step_kwargs(scheduler, ctx.generator)
+        latents = state["latents"]
+        timesteps = state["timesteps"]
+        bar = tqdm(total=len(timesteps), desc=self.name, disable=not ctx.progress, leave=False)
+        for t in timesteps:
+            start = time.perf_counter()
+            model_input = scheduler.scale_model_input(self.guidance.expand(latents, engine, scale), t)
+            prediction = self.predictor(ctx.components, model_input, t, cond)
+            prediction = self.guidance.combine(prediction, scale)
+            latents = scheduler.step(prediction, t, latents, return_dict=False, **step_kwargs)[0]
+            engine.synchronize()
+            ctx.step_times_ms.append((time.perf_counter() - start) * 1e3)
+            bar.update()
+        bar.close()
+        return {"latents": latents}
+
+
+def _step_kwargs(scheduler: Any, generator: Any) -> dict[str, Any]:
+    # Stochastic samplers (ancestral, DDPM, SDE) draw their noise from the run's generator, as the
+    # stock pipelines pass theirs, so the same seed gives the same image.
+    accepts = inspect.signature(scheduler.step).parameters
+    return {"generator": generator} if "generator" in accepts else {}

@@ -1,0 +1,61 @@
+"""Command line: `python -m runner model=sdxl backend=paddle precision=fp32 prompt="..." [-m for sweeps]`.
+
+Errors the user can fix print one line (`error: ...`) and exit with the error's code (2 for bad
+config or missing capabilities). In a multirun sweep an invalid job is reported and skipped, the
+others run, and the sweep exits non-zero at the end.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from runner.app import run_job
+from runner.errors import RunnerError
+
+_STARTED = time.time()
+_failed_exit_codes: list[int] = []
+
+
+def _only_hydra_bookkeeping(folder: Path, job_name: str) -> bool:
+    """True when `folder` holds nothing but what Hydra wrote for this job (.hydra/ and the job log)."""
+    allowed = {".hydra", f"{job_name}.log"}
+    entries = list(folder.iterdir())
+    if any(entry.name not in allowed for entry in entries):
+        return False
+    files = [p for entry in entries for p in ([entry] if entry.is_file() else entry.rglob("*"))]
+    return all(p.stat().st_mtime >= _STARTED - 1 for p in files if p.is_file())
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="config")
+def _hydra_entry(cfg: DictConfig) -> dict | None:
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        return run_job(cfg, output_dir)
+    except RunnerError as err:
+        print(f"error: {err.one_line()}", file=sys.stderr, flush=True)
+        if output_dir.is_dir() and _only_hydra_bookkeeping(output_dir, hydra_cfg.job.name):
+            shutil.rmtree(output_dir, ignore_errors=True)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            _failed_exit_codes.append(err.exit_code)
+            return None
+        sys.exit(err.exit_code)
+
+
+def main() -> None:
+    _hydra_entry()
+    if _failed_exit_codes:
+        print(f"error: {len(_failed_exit_codes)} job(s) of the sweep failed (see above)", file=sys.stderr)
+        sys.exit(max(_failed_exit_codes))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Run a checked stage list and time it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from runner.graph import RunContext, Stage
+from runner.schema import RunSettings
+
+
+@dataclass
+class Execution:
+    state: dict[str, Any]
+    stage_ms: dict[str, float]
+    step_ms: list[float]
+    peak_memory_mb: float
+
+
+def initial_state(settings: RunSettings) -> dict[str, Any]:
+    return {
+        "prompts": list(settings.prompts),
+        "negative_prompts": None if settings.negative_prompts is None else list(settings.negative_prompts),
+        "images_per_prompt": settings.images_per_prompt,
+        "height": settings.height,
+        "width": settings.width,
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "seed": settings.seed,
+    }
+
+
+def execute(stages: Sequence[Stage], settings: RunSettings, ctx: RunContext) -> Execution:
+    """Run the stages in order under the engine's inference mode; time each (device-synchronized)."""
+    engine = ctx.engine
+    state = initial_state(settings)
+    ctx.generator = engine.generator(settings.seed)
+    ctx.step_times_ms.clear()
+    stage_ms = {}
+    engine.reset_peak_memory()
+    with engine.inference_mode():
+        for stage in stages:
+            engine.synchronize()
+            start = time.perf_counter()
+            produced = stage.run(state, ctx)
+            engine.synchronize()
+            stage_ms[stage.name] = (time.perf_counter() - start) * 1e3
+            if set(produced) != set(stage.outputs):
+                raise RuntimeError(
+                    f"stage {stage.name!r} returned {sorted(produced)} but declares outputs {list(stage.outputs)}"
+                )
+            state.update(produced)
+    return Execution(state=state, stage_ms=stage_ms, step_ms=list(ctx.step_times_ms), peak_memory_mb=engine.peak_memory_mb())

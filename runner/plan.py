@@ -1,0 +1,130 @@
+"""Turn a composed config into a checked plan, before any weights load.
+
+Order of checks (cheapest first, engines imported last): run values, scheduler against the model
+family, the weights directory, the stage graph, then the backend's capabilities on this machine and
+the precision on its device. Every failure is a one-line ConfigError / CapabilityError.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner import registry
+from runner.conf_index import group_options
+from runner.errors import ConfigError
+from runner.graph import Stage, build_graph
+from runner.schema import (
+    BackendSpec,
+    ModelSpec,
+    PrecisionSpec,
+    RunSettings,
+    parse_backend,
+    parse_model,
+    parse_precision,
+    parse_scheduler,
+    parse_settings,
+)
+from runner.weights import check_weights_dir, scheduler_config_from
+
+log = logging.getLogger(__name__)
+
+KIND_NAMES = {
+    "discrete": "a discrete-time noise/v-prediction sampler",
+    "flow_match": "a flow-matching sampler",
+}
+
+
+@dataclass(frozen=True)
+class SchedulerChoice:
+    choice: str  # the config option ("default" or a conf/scheduler name)
+    class_name: str
+    config: dict[str, Any]
+
+
+@dataclass
+class RunPlan:
+    model: ModelSpec
+    settings: RunSettings
+    scheduler: SchedulerChoice
+    backend_spec: BackendSpec
+    precision: PrecisionSpec
+    weights_dir: Path | None
+    pipeline_config: dict[str, Any]
+    stages: list[Stage]
+    backend: Any = None
+    device: str = ""
+    engine_cls: Any = None
+
+
+def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan:
+    """Validate everything that can be validated without loading weights."""
+    model = parse_model(cfg["model"])
+    settings = parse_settings(cfg, model)
+    if not model.guidance_used and cfg.get("guidance") is not None:
+        log.warning("model=%s ignores guidance=%s: its denoiser takes no guidance", model.name, cfg["guidance"])
+    weights_dir, pipeline_config = check_weights_dir(model)
+    scheduler = choose_scheduler(parse_scheduler(cfg["scheduler"]), model, weights_dir)
+    stages = build_graph(model.stages, [*model.components, "scheduler"])
+    plan = RunPlan(
+        model=model,
+        settings=settings,
+        scheduler=scheduler,
+        backend_spec=parse_backend(cfg["backend"]),
+        precision=parse_precision(cfg["precision"]),
+        weights_dir=weights_dir,
+        pipeline_config=pipeline_config,
+        stages=stages,
+    )
+    if check_capabilities:
+        check_backend(plan)
+    return plan
+
+
+def choose_scheduler(choice: Any, model: ModelSpec, weights_dir: Path | None) -> SchedulerChoice:
+    """The scheduler class and config: the directory's (or model's) own by default, else the chosen
+    class configured from the directory's (or model's) scheduler config, as users swap samplers with
+    `Class.from_config(pipe.scheduler.config)`."""
+    base = scheduler_config_from(weights_dir, model)
+    if choice.name == "default":
+        return SchedulerChoice("default", base.get("_class_name") or model.scheduler_class, base)
+    if choice.kind != model.scheduler_kind:
+        fitting = [n for n, o in group_options("scheduler").items() if o.get("kind") == model.scheduler_kind]
+        raise ConfigError(
+            f"scheduler={choice.name} cannot drive model={model.name}: it needs "
+            f"{KIND_NAMES.get(model.scheduler_kind, model.scheduler_kind)}; choose one of: default, {', '.join(fitting)}"
+        )
+    return SchedulerChoice(choice.name, choice.class_name or "", {**base, **choice.options})
+
+
+def check_backend(plan: RunPlan) -> None:
+    """Resolve the backend and engine classes and run their capability checks (imports the engine)."""
+    spec = plan.backend_spec
+    backend_cls = registry.resolve("backend", spec.name)
+    plan.engine_cls = registry.resolve("engine", spec.engine)
+    plan.backend = backend_cls(spec=spec)
+    plan.device = plan.backend.check(plan.precision)
+
+
+def describe_plan(plan: RunPlan) -> dict[str, Any]:
+    """The resolved choices, for report.json and PNG metadata."""
+    s = plan.settings
+    return {
+        "model": plan.model.name,
+        "weights": str(plan.weights_dir) if plan.weights_dir else "random",
+        "backend": plan.backend_spec.name,
+        "device": plan.device,
+        "precision": plan.precision.name,
+        "scheduler": plan.scheduler.choice,
+        "scheduler_class": plan.scheduler.class_name,
+        "height": s.height,
+        "width": s.width,
+        "steps": s.steps,
+        "guidance": s.guidance,
+        "seed": s.seed,
+        "images_per_prompt": s.images_per_prompt,
+        "noise": s.noise,
+    }

@@ -1,0 +1,75 @@
+"""One registry of named building blocks, imported lazily.
+
+Names map to "module:attribute" strings so that resolving `backend=paddle` never imports torch and
+listing what exists costs nothing. A test checks that every registered backend, model stage and pass
+has its config and that every config names a registered entry.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from runner.errors import ConfigError
+
+REGISTRY: dict[str, dict[str, str]] = {
+    # An engine is a framework plus its model library (weights loading, tensors, generators).
+    "engine": {
+        "paddle": "components.paddle.engine:PaddleEngine",
+    },
+    # A backend is an engine plus a way to run it (device, graph compilation, inference runtime).
+    "backend": {
+        "paddle": "components.backends.paddle_device:PaddleDeviceBackend",
+        "xpu": "components.backends.paddle_device:PaddleDeviceBackend",
+        "dcu": "components.backends.paddle_device:PaddleDeviceBackend",
+        "custom_device": "components.backends.paddle_device:PaddleCustomDeviceBackend",
+        "cinn": "components.backends.paddle_cinn:PaddleCinnBackend",
+        "tensorrt": "components.backends.paddle_tensorrt:PaddleTensorRTBackend",
+    },
+    # Stages are engine-neutral; they reach tensors through the engine's small op set.
+    "stage": {
+        "clip_text_encode": "components.stages.text:ClipTextEncode",
+        "size_conditioning": "components.stages.conditioning:SizeConditioning",
+        "gaussian_latents": "components.stages.latents:GaussianLatents",
+        "denoise_loop": "components.stages.denoise:DenoiseLoop",
+        "vae_decode": "components.stages.decode:VaeDecode",
+    },
+    # Sub-steps of the denoise loop.
+    "predictor": {
+        "unet": "components.stages.predictors:UNetPredictor",
+    },
+    "guidance": {
+        "cfg": "components.stages.guidance:ClassifierFreeGuidance",
+    },
+}
+
+
+def names(kind: str) -> list[str]:
+    """Registered names of one kind, sorted."""
+    return sorted(_table(kind))
+
+
+def resolve(kind: str, name: str) -> Any:
+    """Import and return the object registered as `name` under `kind`.
+
+    Raises ConfigError naming the unknown value and what is allowed.
+    """
+    table = _table(kind)
+    if name not in table:
+        raise ConfigError(f"unknown {kind} {name!r}; registered: {', '.join(sorted(table))}")
+    return import_object(table[name])
+
+
+def import_object(path: str) -> Any:
+    """Import "package.module:Attribute" (the attribute may be dotted)."""
+    module_name, _, attr = path.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _table(kind: str) -> dict[str, str]:
+    if kind not in REGISTRY:
+        raise KeyError(f"no registry kind {kind!r}; kinds: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[kind]
