@@ -125,6 +125,7 @@ class EngineBase(abc.ABC):
     @abc.abstractmethod
     def inference_mode(self) -> contextlib.AbstractContextManager[None]: ...
 
+    @abc.abstractmethod
     def synchronize(self) -> None:
         """Wait for queued device work, so host timers measure it."""
 

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from runner.executor import Execution, execute
+from runner.files import write_json_atomic
 from runner.graph import RunContext
 from runner.images import save_png
 from runner.plan import RunPlan, describe_plan, plan_run
 from runner.report import REPORT_NAME, build_report
-from runner.files import write_json_atomic
+from runner.scheduling import make_checked_scheduler
 from runner.schema import to_plain
 
 log = logging.getLogger(__name__)
@@ -21,12 +22,13 @@ log = logging.getLogger(__name__)
 
 def load_components(plan: RunPlan, engine: Any) -> dict[str, Any]:
     """Every model component plus the scheduler, from the weights directory or at random."""
+    scheduler = make_checked_scheduler(plan, engine)
     weights = str(plan.weights_dir) if plan.weights_dir else None
     components = {
         role: engine.load_component(spec, weights, seed=plan.model.init_seed)
         for role, spec in plan.model.components.items()
     }
-    components["scheduler"] = engine.make_scheduler(plan.scheduler.class_name, plan.scheduler.config)
+    components["scheduler"] = scheduler
     return components
 
 

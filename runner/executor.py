@@ -52,4 +52,6 @@ def execute(stages: Sequence[Stage], settings: RunSettings, ctx: RunContext) -> 
                     f"stage {stage.name!r} returned {sorted(produced)} but declares outputs {list(stage.outputs)}"
                 )
             state.update(produced)
-    return Execution(state=state, stage_ms=stage_ms, step_ms=list(ctx.step_times_ms), peak_memory_mb=engine.peak_memory_mb())
+    return Execution(
+        state=state, stage_ms=stage_ms, step_ms=list(ctx.step_times_ms), peak_memory_mb=engine.peak_memory_mb()
+    )

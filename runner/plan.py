@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from runner import registry
-from runner.conf_index import group_options
-from runner.errors import ConfigError
 from runner.graph import Stage, build_graph
+from runner.scheduling import SchedulerChoice, choose_scheduler
 from runner.schema import (
     BackendSpec,
     ModelSpec,
@@ -28,21 +27,9 @@ from runner.schema import (
     parse_scheduler,
     parse_settings,
 )
-from runner.weights import check_weights_dir, scheduler_config_from
+from runner.weights import check_weights_dir
 
 log = logging.getLogger(__name__)
-
-KIND_NAMES = {
-    "discrete": "a discrete-time noise/v-prediction sampler",
-    "flow_match": "a flow-matching sampler",
-}
-
-
-@dataclass(frozen=True)
-class SchedulerChoice:
-    choice: str  # the config option ("default" or a conf/scheduler name)
-    class_name: str
-    config: dict[str, Any]
 
 
 @dataclass
@@ -82,22 +69,6 @@ def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan
     if check_capabilities:
         check_backend(plan)
     return plan
-
-
-def choose_scheduler(choice: Any, model: ModelSpec, weights_dir: Path | None) -> SchedulerChoice:
-    """The scheduler class and config: the directory's (or model's) own by default, else the chosen
-    class configured from the directory's (or model's) scheduler config, as users swap samplers with
-    `Class.from_config(pipe.scheduler.config)`."""
-    base = scheduler_config_from(weights_dir, model)
-    if choice.name == "default":
-        return SchedulerChoice("default", base.get("_class_name") or model.scheduler_class, base)
-    if choice.kind != model.scheduler_kind:
-        fitting = [n for n, o in group_options("scheduler").items() if o.get("kind") == model.scheduler_kind]
-        raise ConfigError(
-            f"scheduler={choice.name} cannot drive model={model.name}: it needs "
-            f"{KIND_NAMES.get(model.scheduler_kind, model.scheduler_kind)}; choose one of: default, {', '.join(fitting)}"
-        )
-    return SchedulerChoice(choice.name, choice.class_name or "", {**base, **choice.options})
 
 
 def check_backend(plan: RunPlan) -> None:

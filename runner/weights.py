@@ -28,7 +28,9 @@ def check_weights_dir(model: ModelSpec) -> tuple[Path | None, dict[str, Any]]:
         return None, {}
     root = Path(model.weights).expanduser()
     if not root.is_dir():
-        raise ConfigError(f"model.weights={model.weights!r} is not a directory (give a local pipeline directory or 'random')")
+        raise ConfigError(
+            f"model.weights={model.weights!r} is not a directory (give a local pipeline directory or 'random')"
+        )
     index_path = root / "model_index.json"
     if not index_path.is_file():
         raise ConfigError(

@@ -86,8 +86,12 @@ def make_clip(folder: Path, merge_count: int = 200) -> None:
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    specials = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-                "pad_token": "<|endoftext|>"}
+    specials = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+    }
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": CLIP_MAX_LENGTH, **specials}
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n", encoding="utf-8")
@@ -116,13 +120,23 @@ def make_t5(folder: Path, vocab_size: int = 120) -> None:
         minloglevel=2,
     )
     prefix.with_suffix(".vocab").unlink()
-    config = {"tokenizer_class": "T5Tokenizer", "model_max_length": 512, "extra_ids": 100,
-              "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    config = {
+        "tokenizer_class": "T5Tokenizer",
+        "model_max_length": 512,
+        "extra_ids": 100,
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+    }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "components/assets/tokenizers"
+    out = (
+        Path(sys.argv[1])
+        if len(sys.argv) > 1
+        else Path(__file__).resolve().parent.parent / "components/assets/tokenizers"
+    )
     make_clip(out / "clip")
     make_t5(out / "t5")
     print(f"wrote {out / 'clip'} and {out / 't5'}")

@@ -132,4 +132,8 @@ class PaddleEngine(EngineBase):
     def versions(self) -> dict[str, str]:
         import paddlenlp
 
-        return {"paddlepaddle": paddle.__version__, "ppdiffusers": ppdiffusers.__version__, "paddlenlp": paddlenlp.__version__}
+        return {
+            "paddlepaddle": paddle.__version__,
+            "ppdiffusers": ppdiffusers.__version__,
+            "paddlenlp": paddlenlp.__version__,
+        }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from runner.graph import RunContext, Stage, make_part
+from runner.scheduling import step_kwargs_for
 
 
 class DenoiseLoop(Stage):
@@ -41,7 +41,7 @@ class DenoiseLoop(Stage):
         self.predictor.check(ctx.components)
         scale = state["guidance"]
         cond = self.guidance.batch_conditioning(state, self.predictor.state_keys, engine, scale)
-        step_kwargs = _step_kwargs(scheduler, ctx.generator)
+        step_kwargs = step_kwargs_for(scheduler, ctx.generator)
         latents = state["latents"]
         timesteps = state["timesteps"]
         bar = tqdm(total=len(timesteps), desc=self.name, disable=not ctx.progress, leave=False)
@@ -56,10 +56,3 @@ class DenoiseLoop(Stage):
             bar.update()
         bar.close()
         return {"latents": latents}
-
-
-def _step_kwargs(scheduler: Any, generator: Any) -> dict[str, Any]:
-    # Stochastic samplers (ancestral, DDPM, SDE) draw their noise from the run's generator, as the
-    # stock pipelines pass theirs, so the same seed gives the same image.
-    accepts = inspect.signature(scheduler.step).parameters
-    return {"generator": generator} if "generator" in accepts else {}

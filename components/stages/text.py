@@ -45,7 +45,9 @@ class ClipTextEncode(Stage):
         self.pairs = []
         for pair in encoders:
             if set(pair) != {"tokenizer", "text_encoder"}:
-                raise ConfigError(f"stage {name!r}: each encoder needs exactly 'tokenizer' and 'text_encoder', got {pair}")
+                raise ConfigError(
+                    f"stage {name!r}: each encoder needs exactly 'tokenizer' and 'text_encoder', got {pair}"
+                )
             self.pairs.append((pair["tokenizer"], pair["text_encoder"]))
         self.layer = layer
         self.pooled = pooled

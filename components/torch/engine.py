@@ -1,0 +1,145 @@
+"""The PyTorch engine: diffusers models and schedulers, transformers text encoders, torch tensors."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.engine_base import EngineBase
+from components.host_memory import PeakRssSampler
+from components.loading import ComponentType, folder_is_torch_format
+from components.torch.runtime import import_diffusers, import_torch, transformers_major
+from runner.errors import ConfigError
+
+torch = import_torch()
+diffusers = import_diffusers()
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+COMPONENT_TYPES: dict[str, ComponentType] = {
+    "clip_tokenizer": ComponentType("tokenizer", "transformers:CLIPTokenizer", asset="clip"),
+    "t5_tokenizer": ComponentType("tokenizer", "transformers:T5Tokenizer", asset="t5"),
+    "clip_text_model": ComponentType("text_model", "transformers:CLIPTextModel", "transformers:CLIPTextConfig"),
+    "clip_text_model_with_projection": ComponentType(
+        "text_model", "transformers:CLIPTextModelWithProjection", "transformers:CLIPTextConfig"
+    ),
+    "t5_encoder": ComponentType("text_model", "transformers:T5EncoderModel", "transformers:T5Config"),
+    "unet_2d_condition": ComponentType("model", "diffusers:UNet2DConditionModel"),
+    "autoencoder_kl": ComponentType("model", "diffusers:AutoencoderKL"),
+}
+
+
+class TorchEngine(EngineBase):
+    name = "torch"
+    component_types = COMPONENT_TYPES
+
+    def __init__(self, *, device: str, dtype: str) -> None:
+        super().__init__(device=device, dtype=dtype)
+        self.torch_device = torch.device(device)
+        self._on_host = self.torch_device.type == "cpu"
+        self._rss = PeakRssSampler()
+
+    # ----------------------------------------------------------------- components
+    def _from_pretrained(self, ctype: ComponentType, cls: Any, folder: Path) -> Any:
+        if not folder_is_torch_format(folder):
+            raise ConfigError(
+                f"{folder} holds Paddle-layout weights; the torch engine reads PyTorch-layout checkpoints "
+                "(as the model hub ships them)"
+            )
+        # transformers 5 renamed torch_dtype to dtype; diffusers kept torch_dtype.
+        key = "dtype" if ctype.kind == "text_model" and transformers_major() >= 5 else "torch_dtype"
+        return cls.from_pretrained(str(folder), **{key: self.dtype})
+
+    def _manual_seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    @contextlib.contextmanager
+    def _building_dtype(self) -> Iterator[None]:
+        # Parameters are created on the device in the target dtype: no fp32 host copy of a large model.
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            with self.torch_device:
+                yield
+        finally:
+            torch.set_default_dtype(previous)
+
+    def _place(self, module: Any) -> Any:
+        module.eval()
+        module.requires_grad_(False)
+        return module.to(device=self.torch_device, dtype=self.dtype)
+
+    def make_scheduler(self, class_name: str, config: Mapping[str, Any]) -> Any:
+        return getattr(diffusers, class_name).from_config(dict(config))
+
+    # ----------------------------------------------------------------- tensors
+    def cat(self, tensors: Sequence[Any], dim: int = 0) -> Any:
+        return torch.cat(list(tensors), dim=dim)
+
+    def zeros_like(self, x: Any) -> Any:
+        return torch.zeros_like(x)
+
+    def tensor(self, data: Any, dtype: Any = None) -> Any:
+        return torch.tensor(
+            np.asarray(data) if isinstance(data, np.ndarray) else data, dtype=dtype, device=self.torch_device
+        )
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return x.detach().float().cpu().numpy()
+
+    def cast(self, x: Any, dtype: Any) -> Any:
+        return x.to(dtype)
+
+    @property
+    def dtype(self) -> Any:
+        return DTYPES[self.dtype_name]
+
+    def generator(self, seed: int) -> Any:
+        # A CPU generator, as diffusers' docs recommend for reproducibility: the same seed gives the
+        # same initial noise on CPU and GPU (randn_tensor draws on the CPU and moves the result).
+        return torch.Generator("cpu").manual_seed(seed)
+
+    def randn(self, shape: Sequence[int], generator: Any, dtype: Any) -> Any:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        return randn_tensor(tuple(shape), generator=generator, device=self.torch_device, dtype=dtype)
+
+    def tokenize(self, tokenizer: Any, texts: Sequence[str], max_length: int) -> Any:
+        encoded = tokenizer(
+            list(texts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+        )
+        return encoded.input_ids.to(self.torch_device)
+
+    # ----------------------------------------------------------------- runtime
+    def inference_mode(self) -> contextlib.AbstractContextManager[None]:
+        return torch.inference_mode()
+
+    def synchronize(self) -> None:
+        if self.torch_device.type == "cuda":
+            torch.cuda.synchronize(self.torch_device)
+
+    def reset_peak_memory(self) -> None:
+        if self.torch_device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.torch_device)
+        else:
+            self._rss.reset()
+
+    def peak_memory_mb(self) -> float:
+        if self.torch_device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.torch_device) / 2**20
+        peak = self._rss.peak_mb()
+        self._rss.stop()
+        return peak
+
+    def versions(self) -> dict[str, str]:
+        import transformers
+
+        return {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+        }
