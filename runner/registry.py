@@ -23,8 +23,10 @@ REGISTRY: dict[str, dict[str, str]] = {
         "xpu": "components.backends.paddle_device:PaddleDeviceBackend",
         "dcu": "components.backends.paddle_device:PaddleDeviceBackend",
         "custom_device": "components.backends.paddle_device:PaddleCustomDeviceBackend",
-        "cinn": "components.backends.paddle_cinn:PaddleCinnBackend",
-        "tensorrt": "components.backends.paddle_tensorrt:PaddleTensorRTBackend",
+        "paddle_jit": "components.backends.paddle_jit:PaddleJitBackend",
+        "cinn": "components.backends.paddle_jit:PaddleJitBackend",
+        "paddle_inference": "components.backends.paddle_inference:PaddleInferenceBackend",
+        "tensorrt": "components.backends.paddle_inference:PaddleInferenceBackend",
     },
     # Stages are engine-neutral; they reach tensors through the engine's small op set.
     "stage": {

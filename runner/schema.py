@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from runner.errors import ConfigError
 
 NOISE_SOURCES = ("engine", "numpy")
+RUN_KEYS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "height", "width", "batch", "noise", "quiet")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -197,6 +198,7 @@ def _prompts(value: Any, key: str, allow_none: bool) -> tuple[str, ...] | None:
 
 def parse_settings(cfg: Mapping[str, Any], model: ModelSpec) -> RunSettings:
     """Fill run parameters left at null from the model's defaults and check every value."""
+    cfg = {key: to_plain(cfg[key]) for key in RUN_KEYS if key in cfg}
     d = model.run_defaults
 
     def pick(key: str) -> Any:

@@ -13,6 +13,7 @@ from components.engine_base import EngineBase
 from components.host_memory import PeakRssSampler
 from components.loading import ComponentType, folder_is_torch_format
 from components.paddle.runtime import import_paddle, import_ppdiffusers
+from components.paddle.torch_weights import load_torch_layout_text_model
 
 paddle = import_paddle()
 ppdiffusers = import_ppdiffusers()
@@ -45,10 +46,12 @@ class PaddleEngine(EngineBase):
 
     # ----------------------------------------------------------------- components
     def _from_pretrained(self, ctype: ComponentType, cls: Any, folder: Path) -> Any:
-        # Hub checkpoints are PyTorch-layout; ppdiffusers converts them while loading.
-        return cls.from_pretrained(
-            str(folder), from_diffusers=folder_is_torch_format(folder), paddle_dtype=self.dtype_name
-        )
+        # Hub checkpoints are PyTorch-layout: ppdiffusers converts diffusers models in memory; text
+        # encoders are converted by our own loader, which (unlike paddlenlp's) writes nothing to disk.
+        torch_layout = folder_is_torch_format(folder)
+        if ctype.kind == "text_model" and torch_layout:
+            return load_torch_layout_text_model(cls, folder)
+        return cls.from_pretrained(str(folder), from_diffusers=torch_layout, paddle_dtype=self.dtype_name)
 
     def _manual_seed(self, seed: int) -> None:
         paddle.seed(seed)

@@ -97,8 +97,9 @@ print("ok")
 """
 
 
+@functools.cache
 def probe_custom_device(kind: str, timeout_s: float = 120.0) -> tuple[bool, str]:
-    """Try a custom device (npu, mlu, ...) in a child process; return (usable, detail)."""
+    """Try a custom device (npu, mlu, ...) in a child process; return (usable, detail). Cached per process."""
     try:
         result = subprocess.run(
             [sys.executable, "-c", _PROBE, kind], capture_output=True, text=True, timeout=timeout_s, check=False

@@ -1,0 +1,53 @@
+"""Load a PyTorch-layout text encoder (transformers format, as the hub ships it) into a Paddle model.
+
+paddlenlp's own `from_pretrained(..., convert_from_torch=True)` converts the weights and then saves a
+`model_state.pdparams` copy into the checkpoint folder: it writes into the user's weights directory
+(10+ GB for T5-XXL) and fails where that directory is read-only. This loader does the same
+conversion (paddlenlp's name mappings, which also transpose Linear weights) in memory only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from runner.errors import ConfigError
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The checkpoint files of a transformers-format folder, shards resolved through the index json."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            with open(index, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            return [folder / shard for shard in shards]
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return [folder / name]
+    raise ConfigError(f"{folder} has no model.safetensors, pytorch_model.bin or a sharded index of either")
+
+
+def load_torch_layout_text_model(cls: Any, folder: Path) -> Any:
+    """Build `cls` from the folder's config.json and fill it with the converted PyTorch weights."""
+    from paddlenlp.transformers.model_utils import no_init_weights
+    from paddlenlp.utils.serialization import load_torch
+
+    config = cls.config_class.from_pretrained(str(folder))
+    state: dict[str, Any] = {}
+    for path in weight_files(folder):
+        state.update(load_torch(str(path)))
+    for mapping in cls._get_name_mappings(config):
+        if mapping.source_name in state:
+            state[mapping.target_name] = mapping.run(state, mapping.source_name)
+    with no_init_weights(_enable=True):
+        model = cls(config)
+    expected = set(model.state_dict())
+    missing = sorted(expected - set(state))
+    if missing:
+        raise ConfigError(
+            f"{folder}: the checkpoint lacks {len(missing)} weight(s) of {cls.__name__}, e.g. {missing[0]!r}"
+        )
+    model.set_state_dict({k: v for k, v in state.items() if k in expected})
+    return model
