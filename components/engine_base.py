@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import json
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,9 +42,7 @@ class EngineBase(abc.ABC):
         ctype = self.component_type(spec.type)
         cls = import_object(ctype.cls)
         if ctype.kind == "tokenizer":
-            folder = Path(weights_dir) / spec.path if weights_dir else bundled_tokenizer(ctype.asset or "")
-            kwargs = {} if weights_dir else {"model_max_length": spec.options.get("max_length", 77)}
-            return cls.from_pretrained(str(folder), **kwargs)
+            return self._load_tokenizer(ctype, cls, spec, weights_dir)
         if weights_dir is None:
             self._manual_seed(component_seed(seed, spec.role))
             with self._building_dtype():
@@ -51,6 +50,19 @@ class EngineBase(abc.ABC):
         else:
             module = self._from_pretrained(ctype, cls, Path(weights_dir) / spec.path)
         return self._place(module)
+
+    @staticmethod
+    def _load_tokenizer(ctype: ComponentType, cls: Any, spec: ComponentSpec, weights_dir: str | None) -> Any:
+        if weights_dir is None:
+            folder = bundled_tokenizer(ctype.asset or "")
+            return cls.from_pretrained(str(folder), model_max_length=spec.options.get("max_length", 77))
+        folder = Path(weights_dir) / spec.path
+        if ctype.vocab_file and (folder / ctype.vocab_file).is_file():
+            config_path = folder / "tokenizer_config.json"
+            config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+            max_length = config.get("model_max_length", spec.options.get("max_length", 512))
+            return cls(str(folder / ctype.vocab_file), model_max_length=max_length)
+        return cls.from_pretrained(str(folder))
 
     def component_type(self, type_name: str) -> ComponentType:
         if type_name not in self.component_types:
@@ -88,6 +100,9 @@ class EngineBase(abc.ABC):
 
     @abc.abstractmethod
     def zeros_like(self, x: Any) -> Any: ...
+
+    @abc.abstractmethod
+    def zeros(self, shape: Sequence[int], dtype: Any) -> Any: ...
 
     @abc.abstractmethod
     def tensor(self, data: Any, dtype: Any = None) -> Any:

@@ -30,6 +30,7 @@ class ComponentType:
     cls: str
     config_cls: str | None = None
     asset: str | None = None
+    vocab_file: str | None = None  # tokenizers: build from this file alone (see PaddleEngine's T5 entry)
 
     def __post_init__(self) -> None:
         if self.kind not in ("model", "text_model", "tokenizer"):

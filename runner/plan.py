@@ -56,6 +56,10 @@ def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan
     weights_dir, pipeline_config = check_weights_dir(model)
     scheduler = choose_scheduler(parse_scheduler(cfg["scheduler"]), model, weights_dir)
     stages = build_graph(model.stages, [*model.components, "scheduler"])
+    if settings.negative_prompts and not any("negative_prompts" in stage.inputs for stage in stages):
+        log.warning(
+            "model=%s ignores negative_prompt: none of its stages reads it (no classifier-free guidance)", model.name
+        )
     plan = RunPlan(
         model=model,
         settings=settings,

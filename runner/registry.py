@@ -32,16 +32,23 @@ REGISTRY: dict[str, dict[str, str]] = {
     "stage": {
         "clip_text_encode": "components.stages.text:ClipTextEncode",
         "size_conditioning": "components.stages.conditioning:SizeConditioning",
+        "sd3_text_encode": "components.stages.text:SD3TextEncode",
+        "flux_text_encode": "components.stages.text:FluxTextEncode",
         "gaussian_latents": "components.stages.latents:GaussianLatents",
+        "flow_latents": "components.stages.latents:FlowLatents",
+        "packed_flow_latents": "components.stages.latents:PackedFlowLatents",
         "denoise_loop": "components.stages.denoise:DenoiseLoop",
         "vae_decode": "components.stages.decode:VaeDecode",
     },
     # Sub-steps of the denoise loop.
     "predictor": {
         "unet": "components.stages.predictors:UNetPredictor",
+        "sd3_transformer": "components.stages.predictors:SD3TransformerPredictor",
+        "flux_transformer": "components.stages.predictors:FluxTransformerPredictor",
     },
     "guidance": {
         "cfg": "components.stages.guidance:ClassifierFreeGuidance",
+        "none": "components.stages.guidance:NoGuidance",
     },
 }
 

@@ -64,11 +64,16 @@ def make_checked_scheduler(plan: RunPlan, engine: Any) -> Any:
     choice = plan.scheduler
     try:
         probe = engine.make_scheduler(choice.class_name, choice.config)
-        probe.set_timesteps(min(plan.settings.steps, 4))
+        steps = min(plan.settings.steps, 4)
+        if getattr(probe.config, "use_dynamic_shifting", False):
+            # Resolution-shifted flow matching takes sigmas and a shift (mu) instead of a step count.
+            probe.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=1.0)
+        else:
+            probe.set_timesteps(steps)
         latents = engine.cast(engine.tensor(np.full((1, 1, 1, 1), 0.5, dtype=np.float32)), engine.dtype)
         step_kwargs = step_kwargs_for(probe, engine.generator(0))
         for t in probe.timesteps:
-            model_input = probe.scale_model_input(latents, t)
+            model_input = probe.scale_model_input(latents, t) if hasattr(probe, "scale_model_input") else latents
             latents = probe.step(model_input * 0.1, t, latents, return_dict=False, **step_kwargs)[0]
     except Exception as exc:  # noqa: BLE001 - any failure means the sampler cannot run here
         detail = " ".join(str(exc).split())[:300]

@@ -14,6 +14,7 @@ from components.host_memory import PeakRssSampler
 from components.loading import ComponentType, folder_is_torch_format
 from components.paddle.runtime import import_paddle, import_ppdiffusers
 from components.paddle.torch_weights import load_torch_layout_text_model
+from runner.registry import import_object
 
 paddle = import_paddle()
 ppdiffusers = import_ppdiffusers()
@@ -23,7 +24,9 @@ DTYPES = {"float32": paddle.float32, "float16": paddle.float16, "bfloat16": padd
 _TF = "ppdiffusers.transformers"
 COMPONENT_TYPES: dict[str, ComponentType] = {
     "clip_tokenizer": ComponentType("tokenizer", f"{_TF}:CLIPTokenizer", asset="clip"),
-    "t5_tokenizer": ComponentType("tokenizer", f"{_TF}:T5Tokenizer", asset="t5"),
+    # Built from spiece.model alone: paddlenlp rejects the <extra_id_*> numbering that transformers
+    # writes into tokenizer_config.json; prompts never use those ids.
+    "t5_tokenizer": ComponentType("tokenizer", f"{_TF}:T5Tokenizer", asset="t5", vocab_file="spiece.model"),
     "clip_text_model": ComponentType("text_model", f"{_TF}:CLIPTextModel", f"{_TF}:CLIPTextConfig"),
     "clip_text_model_with_projection": ComponentType(
         "text_model", f"{_TF}:CLIPTextModelWithProjection", f"{_TF}:CLIPTextConfig"
@@ -31,6 +34,13 @@ COMPONENT_TYPES: dict[str, ComponentType] = {
     "t5_encoder": ComponentType("text_model", f"{_TF}:T5EncoderModel", f"{_TF}:T5Config"),
     "unet_2d_condition": ComponentType("model", "ppdiffusers:UNet2DConditionModel"),
     "autoencoder_kl": ComponentType("model", "ppdiffusers:AutoencoderKL"),
+    "sd3_transformer": ComponentType("model", "ppdiffusers:SD3Transformer2DModel"),
+    # ppdiffusers has no Flux: this project's Paddle port, loading diffusers checkpoints as they are.
+    "flux_transformer": ComponentType("model", "components.paddle.flux.transformer:FluxTransformer2DModel"),
+}
+# Samplers ppdiffusers 0.29 has only in an older form (no resolution-dependent shift for Flux).
+SCHEDULER_OVERRIDES = {
+    "FlowMatchEulerDiscreteScheduler": "components.paddle.schedulers:FlowMatchEulerDiscreteScheduler",
 }
 
 
@@ -74,7 +84,8 @@ class PaddleEngine(EngineBase):
         return module
 
     def make_scheduler(self, class_name: str, config: Mapping[str, Any]) -> Any:
-        cls = getattr(ppdiffusers, class_name)
+        override = SCHEDULER_OVERRIDES.get(class_name)
+        cls = import_object(override) if override else getattr(ppdiffusers, class_name)
         return cls.from_config(dict(config))
 
     # ----------------------------------------------------------------- tensors
@@ -83,6 +94,9 @@ class PaddleEngine(EngineBase):
 
     def zeros_like(self, x: Any) -> Any:
         return paddle.zeros_like(x)
+
+    def zeros(self, shape: Sequence[int], dtype: Any) -> Any:
+        return paddle.zeros(list(shape), dtype=dtype)
 
     def tensor(self, data: Any, dtype: Any = None) -> Any:
         return paddle.to_tensor(data, dtype=dtype)

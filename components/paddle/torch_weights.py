@@ -43,8 +43,12 @@ def load_torch_layout_text_model(cls: Any, folder: Path) -> Any:
             state[mapping.target_name] = mapping.run(state, mapping.source_name)
     with no_init_weights(_enable=True):
         model = cls(config)
-    expected = set(model.state_dict())
-    missing = sorted(expected - set(state))
+    params = model.state_dict()
+    expected = set(params)
+    # Tied weights (T5's encoder.embed_tokens is `shared`) are saved once; a missing name whose
+    # parameter is the same object as a present one is filled through that one.
+    present_ids = {id(params[k]) for k in expected & set(state)}
+    missing = sorted(k for k in expected - set(state) if id(params[k]) not in present_ids)
     if missing:
         raise ConfigError(
             f"{folder}: the checkpoint lacks {len(missing)} weight(s) of {cls.__name__}, e.g. {missing[0]!r}"

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from components.stages.latents import unpack_latents, vae_scale_factor
 from runner.graph import RunContext, Stage
 
 
@@ -14,17 +15,22 @@ class VaeDecode(Stage):
     """Undo the latent scaling (and shift, or per-channel mean/std where the VAE config has them), decode,
     map [-1, 1] to uint8 [N, H, W, 3] exactly as the stock image processors do."""
 
-    def __init__(self, *, name: str, vae: str = "vae") -> None:
+    def __init__(self, *, name: str, vae: str = "vae", packed: bool = False) -> None:
         super().__init__(name=name)
         self.vae = vae
-        self.inputs = ("latents",)
+        self.packed = packed  # Flux: latents are 2x2 patch tokens, unpacked to an image first
+        self.inputs = ("latents", "height", "width") if packed else ("latents",)
         self.outputs = ("images",)
         self.components = (vae,)
 
     def run(self, state: Mapping[str, Any], ctx: RunContext) -> dict[str, Any]:
         engine = ctx.engine
         vae = ctx.components[self.vae]
-        latents = unscale_latents(state["latents"], vae.config, engine)
+        latents = state["latents"]
+        if self.packed:
+            factor = vae_scale_factor(vae) * 2
+            latents = unpack_latents(latents, state["height"] // factor * 2, state["width"] // factor * 2)
+        latents = unscale_latents(latents, vae.config, engine)
         image = vae.decode(latents, return_dict=False)[0]
         image = (image / 2 + 0.5).clip(0, 1)
         array = engine.to_numpy(image).transpose(0, 2, 3, 1)

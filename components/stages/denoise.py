@@ -31,7 +31,8 @@ class DenoiseLoop(Stage):
         self.predictor = make_part("predictor", predictor, f"stage {name!r}")
         self.guidance = make_part("guidance", guidance, f"stage {name!r}")
         self.scheduler = scheduler
-        self.inputs = ("latents", "timesteps", "guidance", *self.predictor.state_keys)
+        extra = [k for k in self.predictor.state_keys if k not in ("latents", "guidance")]
+        self.inputs = ("latents", "timesteps", "guidance", *extra)
         self.outputs = ("latents",)
         self.components = (*self.predictor.components, scheduler)
 
@@ -40,15 +41,18 @@ class DenoiseLoop(Stage):
         scheduler = ctx.components[self.scheduler]
         self.predictor.check(ctx.components)
         scale = state["guidance"]
-        cond = self.guidance.batch_conditioning(state, self.predictor.state_keys, engine, scale)
+        cond = self.guidance.batch_conditioning(state, self.predictor.batched_keys, engine, scale)
+        cond.update(self.predictor.prepare(state, ctx.components, engine))
         step_kwargs = step_kwargs_for(scheduler, ctx.generator)
         latents = state["latents"]
         timesteps = state["timesteps"]
         bar = tqdm(total=len(timesteps), desc=self.name, disable=not ctx.progress, leave=False)
         for t in timesteps:
             start = time.perf_counter()
-            model_input = scheduler.scale_model_input(self.guidance.expand(latents, engine, scale), t)
-            prediction = self.predictor(ctx.components, model_input, t, cond)
+            model_input = self.guidance.expand(latents, engine, scale)
+            if hasattr(scheduler, "scale_model_input"):  # flow-matching schedulers have no input scaling
+                model_input = scheduler.scale_model_input(model_input, t)
+            prediction = self.predictor(ctx.components, engine, model_input, t, cond)
             prediction = self.guidance.combine(prediction, scale)
             latents = scheduler.step(prediction, t, latents, return_dict=False, **step_kwargs)[0]
             engine.synchronize()

@@ -38,3 +38,20 @@ class ClassifierFreeGuidance:
             return prediction
         uncond, cond = prediction.chunk(2)
         return uncond + scale * (cond - uncond)
+
+
+class NoGuidance:
+    """The prediction as the model makes it: for guidance-distilled models (Flux.1), which take the
+    guidance scale as an input instead of a second, unconditional pass."""
+
+    def active(self, scale: float) -> bool:
+        return False
+
+    def batch_conditioning(self, state: Mapping[str, Any], keys: tuple[str, ...], engine: Any, scale: float) -> dict:
+        return {key: state[key] for key in keys}
+
+    def expand(self, latents: Any, engine: Any, scale: float) -> Any:
+        return latents
+
+    def combine(self, prediction: Any, scale: float) -> Any:
+        return prediction

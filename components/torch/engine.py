@@ -30,6 +30,8 @@ COMPONENT_TYPES: dict[str, ComponentType] = {
     "t5_encoder": ComponentType("text_model", "transformers:T5EncoderModel", "transformers:T5Config"),
     "unet_2d_condition": ComponentType("model", "diffusers:UNet2DConditionModel"),
     "autoencoder_kl": ComponentType("model", "diffusers:AutoencoderKL"),
+    "sd3_transformer": ComponentType("model", "diffusers:SD3Transformer2DModel"),
+    "flux_transformer": ComponentType("model", "diffusers:FluxTransformer2DModel"),
 }
 
 
@@ -82,6 +84,9 @@ class TorchEngine(EngineBase):
 
     def zeros_like(self, x: Any) -> Any:
         return torch.zeros_like(x)
+
+    def zeros(self, shape: Sequence[int], dtype: Any) -> Any:
+        return torch.zeros(tuple(shape), dtype=dtype, device=self.torch_device)
 
     def tensor(self, data: Any, dtype: Any = None) -> Any:
         return torch.tensor(

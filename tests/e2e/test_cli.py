@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,15 +21,29 @@ REPORT_KEYS = {"images", "stages", "steps_per_s", "peak_memory_mb", "config", "v
         ("tiny_sd15", ["encode_prompt", "prepare_latents", "denoise", "decode"]),
         ("tiny_sd21", ["encode_prompt", "prepare_latents", "denoise", "decode"]),
         ("tiny_sdxl", ["encode_prompt", "size_conditioning", "prepare_latents", "denoise", "decode"]),
+        ("tiny_sd3", ["encode_prompt", "prepare_latents", "denoise", "decode"]),
+        ("tiny_flux", ["encode_prompt", "prepare_latents", "denoise", "decode"]),
     ],
 )
 def test_each_tiny_family_runs_from_the_cli(tmp_path, model, stages):
     out = tmp_path / "run"
-    proc = run_cli([f"model={model}", "prompt='a red fox'", "negative_prompt=blurry", "seed=3", "batch=2",
-                    "height=64", "width=48", "steps=2", "quiet=true", f"hydra.run.dir={out}"])
+    proc = run_cli(
+        [
+            f"model={model}",
+            "prompt='a red fox'",
+            "negative_prompt=blurry",
+            "seed=3",
+            "batch=2",
+            "height=64",
+            "width=48",
+            "steps=2",
+            "quiet=true",
+            f"hydra.run.dir={out}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
-    assert REPORT_KEYS <= set(report)
+    assert set(report) >= REPORT_KEYS
     assert list(report["stages"]) == stages and all(ms > 0 for ms in report["stages"].values())
     assert report["steps_per_s"] > 0 and report["peak_memory_mb"] > 100
     assert report["versions"]["paddlepaddle"] and report["versions"]["ppdiffusers"] == "0.29.0"
@@ -41,7 +54,12 @@ def test_each_tiny_family_runs_from_the_cli(tmp_path, model, stages):
             assert image.size == (48, 64) and image.mode == "RGB"
         meta = read_png_metadata(out / name)
         assert meta["prompt"] == "a red fox" and meta["negative_prompt"] == "blurry" and meta["seed"] == "3"
-        assert (meta["model"], meta["backend"], meta["precision"], meta["scheduler"]) == (model, "paddle", "fp32", "default")
+        assert (meta["model"], meta["backend"], meta["precision"], meta["scheduler"]) == (
+            model,
+            "paddle",
+            "fp32",
+            "default",
+        )
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 
 
@@ -54,18 +72,29 @@ def test_progress_bar_shows_unless_quiet(tmp_path):
 
 def test_multirun_sweep_runs_every_job(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", "model=tiny_sd15,tiny_sdxl", "seed=1,2", "steps=2", "quiet=true",
-                    f"hydra.sweep.dir={sweep}"], timeout=600)
+    proc = run_cli(
+        [
+            "-m",
+            "model=tiny_sd15,tiny_sdxl,tiny_sd3,tiny_flux",
+            "seed=1,2",
+            "steps=2",
+            "quiet=true",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     reports = sorted(sweep.glob("*/report.json"))
-    assert len(reports) == 4
+    assert len(reports) == 8
     images = {}
     for path in reports:
         report = json.loads(path.read_text())
         key = (report["run"]["model"], report["run"]["seed"])
         images[key] = np.asarray(Image.open(path.parent / report["images"][0]))
-    assert set(images) == {("tiny_sd15", 1), ("tiny_sd15", 2), ("tiny_sdxl", 1), ("tiny_sdxl", 2)}
-    assert not np.array_equal(images[("tiny_sd15", 1)], images[("tiny_sd15", 2)])
+    models = ("tiny_sd15", "tiny_sdxl", "tiny_sd3", "tiny_flux")
+    assert set(images) == {(m, s) for m in models for s in (1, 2)}
+    for model in models:
+        assert not np.array_equal(images[(model, 1)], images[(model, 2)])
 
 
 @pytest.mark.parametrize(
