@@ -16,6 +16,7 @@ REGISTRY: dict[str, dict[str, str]] = {
     # An engine is a framework plus its model library (weights loading, tensors, generators).
     "engine": {
         "paddle": "components.paddle.engine:PaddleEngine",
+        "torch": "components.torch.engine:TorchEngine",
     },
     # A backend is an engine plus a way to run it (device, graph compilation, inference runtime).
     "backend": {
@@ -27,6 +28,8 @@ REGISTRY: dict[str, dict[str, str]] = {
         "cinn": "components.backends.paddle_jit:PaddleJitBackend",
         "paddle_inference": "components.backends.paddle_inference:PaddleInferenceBackend",
         "tensorrt": "components.backends.paddle_inference:PaddleInferenceBackend",
+        "torch": "components.backends.torch_backends:TorchBackend",
+        "inductor": "components.backends.torch_backends:InductorBackend",
     },
     # Stages are engine-neutral; they reach tensors through the engine's small op set.
     "stage": {

@@ -47,8 +47,11 @@ def load_torch_layout_text_model(cls: Any, folder: Path) -> Any:
     expected = set(params)
     # Tied weights (T5's encoder.embed_tokens is `shared`) are saved once; a missing name whose
     # parameter is the same object as a present one is filled through that one.
-    present_ids = {id(params[k]) for k in expected & set(state)}
-    missing = sorted(k for k in expected - set(state) if id(params[k]) not in present_ids)
+    present = {id(params[k]): k for k in expected & set(state)}
+    for key in expected - set(state):
+        if id(params[key]) in present:
+            state[key] = state[present[id(params[key])]]
+    missing = sorted(expected - set(state))
     if missing:
         raise ConfigError(
             f"{folder}: the checkpoint lacks {len(missing)} weight(s) of {cls.__name__}, e.g. {missing[0]!r}"

@@ -65,9 +65,11 @@ def compiler_toolchain_problem() -> str | None:
         except ImportError:
             return "inductor on CUDA needs triton, which is not installed"
         return None
-    compiler = os.environ.get("CXX") or "c++"
-    if shutil.which(compiler) is None and shutil.which("g++") is None and shutil.which("clang++") is None:
-        return f"inductor on CPU needs a C++ compiler ({compiler}, g++ or clang++), and none is on PATH"
+    chosen = os.environ.get("CXX")
+    if chosen and shutil.which(chosen) is None:
+        return f"inductor on CPU compiles with $CXX={chosen}, which is not an executable"
+    if not chosen and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        return "inductor on CPU needs a C++ compiler (c++, g++ or clang++), and none is on PATH"
     include = sysconfig.get_paths().get("include")
     if not include or not os.path.exists(os.path.join(include, "Python.h")):
         return f"inductor on CPU needs the Python headers (Python.h in {include}); install python3-dev"
