@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import inspect
 import json
 import zlib
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,7 @@ class EngineBase(abc.ABC):
 
     name: str = ""
     component_types: Mapping[str, ComponentType] = {}
+    library: Any = None  # the stock pipeline library (ppdiffusers / diffusers)
 
     def __init__(self, *, device: str, dtype: str) -> None:
         self.device = device
@@ -136,6 +138,26 @@ class EngineBase(abc.ABC):
     def tokenize(self, tokenizer: Any, texts: Sequence[str], max_length: int) -> Any:
         """Token ids [len(texts), max_length], padded to and truncated at `max_length`."""
 
+    # ----------------------------------------------------------------- measurement
+    @abc.abstractmethod
+    def flop_counter(self, modules: Sequence[Any]) -> Any:
+        """Context manager counting matmul/conv FLOPs inside it; its `total` is read after exit."""
+
+    def stock_pipeline(self, class_name: str, components: Mapping[str, Any]) -> Any:
+        """The library's own pipeline class around these components (for reference measurements).
+
+        Raises ConfigError when the library has no such pipeline (ppdiffusers has no FluxPipeline).
+        """
+        pipeline_cls = getattr(self.library, class_name, None)
+        if pipeline_cls is None:
+            version = getattr(self.library, "__version__", "?")
+            raise ConfigError(f"{self.library.__name__} {version} has no {class_name}")
+        accepted = inspect.signature(pipeline_cls.__init__).parameters
+        extra = {k: v for k, v in STOCK_PIPELINE_EXTRAS.items() if k in accepted and k not in components}
+        pipe = pipeline_cls(**{k: v for k, v in components.items() if k in accepted}, **extra)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
     # ----------------------------------------------------------------- runtime
     @abc.abstractmethod
     def inference_mode(self) -> contextlib.AbstractContextManager[None]: ...
@@ -153,6 +175,16 @@ class EngineBase(abc.ABC):
 
     @abc.abstractmethod
     def versions(self) -> dict[str, str]: ...
+
+
+# Optional pipeline constructor arguments the runner never uses (no safety checker, no watermark).
+STOCK_PIPELINE_EXTRAS = {
+    "safety_checker": None,
+    "feature_extractor": None,
+    "image_encoder": None,
+    "requires_safety_checker": False,
+    "add_watermarker": False,
+}
 
 
 def component_seed(seed: int, role: str) -> int:

@@ -39,6 +39,10 @@ def _hydra_entry(cfg: DictConfig) -> dict | None:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        if cfg.mode.name == "bench":
+            from runner.bench import run_bench
+
+            return run_bench(cfg, output_dir)
         return run_job(cfg, output_dir)
     except RunnerError as err:
         print(f"error: {err.one_line()}", file=sys.stderr, flush=True)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +33,16 @@ def initial_state(settings: RunSettings) -> dict[str, Any]:
     }
 
 
-def execute(stages: Sequence[Stage], settings: RunSettings, ctx: RunContext) -> Execution:
-    """Run the stages in order under the engine's inference mode; time each (device-synchronized)."""
+def execute(
+    stages: Sequence[Stage],
+    settings: RunSettings,
+    ctx: RunContext,
+    around_stage: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None,
+) -> Execution:
+    """Run the stages in order under the engine's inference mode; time each (device-synchronized).
+
+    around_stage: optional context factory entered around each stage (the bench counts FLOPs with it).
+    """
     engine = ctx.engine
     state = initial_state(settings)
     ctx.generator = engine.generator(settings.seed)
@@ -44,7 +53,8 @@ def execute(stages: Sequence[Stage], settings: RunSettings, ctx: RunContext) -> 
         for stage in stages:
             engine.synchronize()
             start = time.perf_counter()
-            produced = stage.run(state, ctx)
+            with around_stage(stage.name) if around_stage else contextlib.nullcontext():
+                produced = stage.run(state, ctx)
             engine.synchronize()
             stage_ms[stage.name] = (time.perf_counter() - start) * 1e3
             if set(produced) != set(stage.outputs):

@@ -60,6 +60,7 @@ class ModelSpec:
     stages: tuple[StageSpec, ...]
     guidance_used: bool = True
     init_seed: int = 0
+    max_sequence_length: int | None = None  # T5 tokens, for models with a T5 encoder
 
     @property
     def uses_random_weights(self) -> bool:
@@ -150,6 +151,7 @@ def parse_model(node: Any) -> ModelSpec:
         stages=tuple(stages),
         guidance_used=bool(raw.get("guidance_used", True)),
         init_seed=int(raw.get("init_seed", 0)),
+        max_sequence_length=raw.get("max_sequence_length"),
     )
 
 

@@ -47,6 +47,7 @@ SCHEDULER_OVERRIDES = {
 class PaddleEngine(EngineBase):
     name = "paddle"
     component_types = COMPONENT_TYPES
+    library = ppdiffusers
 
     def __init__(self, *, device: str, dtype: str) -> None:
         super().__init__(device=device, dtype=dtype)
@@ -124,6 +125,11 @@ class PaddleEngine(EngineBase):
             list(texts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pd"
         )
         return encoded.input_ids
+
+    def flop_counter(self, modules: Sequence[Any]) -> Any:
+        from components.paddle.flops import PaddleFlopCounter
+
+        return PaddleFlopCounter(modules)
 
     # ----------------------------------------------------------------- runtime
     def inference_mode(self) -> contextlib.AbstractContextManager[None]:

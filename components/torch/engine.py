@@ -35,9 +35,42 @@ COMPONENT_TYPES: dict[str, ComponentType] = {
 }
 
 
+def _attention_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any) -> int:
+    """q k^T and attn v for [B, H, S, D] inputs: 2*B*H*Sq*Sk*(D + Dv)."""
+    b, h, sq, d = query_shape
+    return 2 * b * h * sq * key_shape[-2] * (d + value_shape[-1])
+
+
+class TorchFlopCounter:
+    """torch.utils.flop_counter.FlopCounterMode, with the count in `total` after exit.
+
+    FlopCounterMode has no formula for the CPU flash-attention kernel that scaled_dot_product_attention
+    dispatches to on CPU, so attention would count as zero there; that kernel is added here.
+    """
+
+    def __init__(self) -> None:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        mapping = {}
+        cpu_flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+        if cpu_flash is not None:
+            mapping[cpu_flash] = _attention_flops
+        self._mode = FlopCounterMode(display=False, custom_mapping=mapping)
+        self.total = 0
+
+    def __enter__(self) -> TorchFlopCounter:
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._mode.__exit__(*exc)
+        self.total = int(self._mode.get_total_flops())
+
+
 class TorchEngine(EngineBase):
     name = "torch"
     component_types = COMPONENT_TYPES
+    library = diffusers
 
     def __init__(self, *, device: str, dtype: str) -> None:
         super().__init__(device=device, dtype=dtype)
@@ -118,6 +151,9 @@ class TorchEngine(EngineBase):
             list(texts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
         )
         return encoded.input_ids.to(self.torch_device)
+
+    def flop_counter(self, modules: Sequence[Any]) -> Any:
+        return TorchFlopCounter()
 
     # ----------------------------------------------------------------- runtime
     def inference_mode(self) -> contextlib.AbstractContextManager[None]:

@@ -8,41 +8,24 @@ A Paddle-layout copy is made by loading that directory into ppdiffusers and savi
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
-from tests.support.configs import model_spec
-
-OPTIONAL_PIPELINE_ARGS = {
-    "safety_checker": None,
-    "feature_extractor": None,
-    "image_encoder": None,
-    "requires_safety_checker": False,
-    "add_watermarker": False,
-}
+from tests.support.configs import compose_config
 
 
-def stock_pipeline_from_random(model_name: str, library: Any) -> Any:
-    """Assemble `library`'s stock pipeline class around torch-engine random components."""
-    from components.torch.engine import TorchEngine
+def stock_pipeline_from_random(model_name: str) -> Any:
+    """diffusers' stock pipeline class around the runner's torch-engine random components."""
+    from runner.app import build_pipeline
+    from runner.plan import plan_run
 
-    model = model_spec(model_name)
-    engine = TorchEngine(device="cpu", dtype="float32")
-    components = {
-        role: engine.load_component(spec, None, seed=model.init_seed) for role, spec in model.components.items()
-    }
-    components["scheduler"] = engine.make_scheduler(model.scheduler_class, model.scheduler_config)
-    pipeline_cls = getattr(library, model.pipeline_classes[0])
-    accepted = inspect.signature(pipeline_cls.__init__).parameters
-    extra = {k: v for k, v in OPTIONAL_PIPELINE_ARGS.items() if k in accepted and k not in components}
-    return pipeline_cls(**components, **extra)
+    plan = plan_run(compose_config([f"model={model_name}", "backend=torch", "backend.device=cpu"]))
+    engine, components, _ = build_pipeline(plan)
+    return engine.stock_pipeline(plan.model.pipeline_classes[0], components)
 
 
 def save_torch_layout(model_name: str, out_dir: Path) -> Path:
-    import diffusers
-
-    pipe = stock_pipeline_from_random(model_name, diffusers)
+    pipe = stock_pipeline_from_random(model_name)
     pipe.save_pretrained(str(out_dir))
     return out_dir
 

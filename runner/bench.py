@@ -1,0 +1,199 @@
+"""mode=bench: warm-up and timed runs of the runner and of the library's stock pipeline, side by side.
+
+Both run in the same process on the same components (the stock pipeline gets the eager ones, before
+the backend compiles anything), with the same prompt, seed and settings, so their ratio compares the
+orchestration and the backend, not the weights or the machine's mood. Denoiser FLOPs are counted
+once, on an extra short run, with the engine's FLOP counter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.app import generate, load_components, write_outputs
+from runner.errors import ConfigError, RunnerError
+from runner.executor import execute
+from runner.files import write_json_atomic
+from runner.graph import RunContext
+from runner.plan import RunPlan, describe_plan, plan_run
+from runner.report import REPORT_NAME, build_report, summarize_ms
+from runner.schema import to_plain
+from runner.tables import bench_table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    warmup: int
+    repeats: int
+    reference: bool
+
+
+def parse_bench(node: Any) -> BenchSettings:
+    raw = to_plain(node) or {}
+    warmup, repeats = raw.get("warmup", 1), raw.get("repeats", 3)
+    for key, value, low in (("warmup", warmup, 0), ("repeats", repeats, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"mode.{key}={value!r} must be an integer >= {low}")
+    return BenchSettings(warmup=warmup, repeats=repeats, reference=bool(raw.get("reference", True)))
+
+
+def measure_runner(plan: RunPlan, engine: Any, components: Mapping[str, Any], bench: BenchSettings) -> dict:
+    for _ in range(bench.warmup):
+        generate(plan, engine, components)
+    runs = [generate(plan, engine, components) for _ in range(bench.repeats)]
+    totals = [sum(run.stage_ms.values()) for run in runs]
+    steps = [ms for run in runs for ms in run.step_ms]
+    step = summarize_ms(steps)
+    total = summarize_ms(totals)
+    return {
+        "stages": {name: summarize_ms([run.stage_ms[name] for run in runs]) for name in runs[0].stage_ms},
+        "step": step,
+        "total": total,
+        "steps_per_s": round(1e3 / step["median"], 4) if step else None,
+        "images_per_s": round(plan.settings.num_images * 1e3 / total["median"], 4),
+        "peak_memory_mb": round(max(run.peak_memory_mb for run in runs), 1),
+        "last_run": runs[-1],
+    }
+
+
+def count_denoiser_flops(plan: RunPlan, engine: Any, eager: Mapping[str, Any]) -> dict:
+    """FLOPs per stage on a 2-step run, and per denoiser call (denoise FLOPs / denoiser iterations)."""
+    settings = dataclasses.replace(plan.settings, steps=min(plan.settings.steps, 2), quiet=True)
+    counters: dict[str, Any] = {}
+    modules = [c for c in eager.values() if hasattr(c, "parameters")]
+
+    def around(stage_name: str) -> Any:
+        counters[stage_name] = engine.flop_counter(modules)
+        return counters[stage_name]
+
+    ctx = RunContext(engine=engine, components=eager, noise=settings.noise, pipeline_config=plan.pipeline_config,
+                     progress=False)  # fmt: skip
+    execution = execute(plan.stages, settings, ctx, around_stage=around)
+    per_stage = {name: counter.total for name, counter in counters.items()}
+    denoise = next((s.name for s in plan.stages if hasattr(s, "predictor")), None)
+    calls = len(execution.step_ms)
+    per_call = per_stage.get(denoise, 0) / calls if denoise and calls else None
+    return {"stage_flops": per_stage, "flops_per_call": per_call}
+
+
+def measure_reference(plan: RunPlan, engine: Any, eager: Mapping[str, Any], bench: BenchSettings) -> dict:
+    """The stock pipeline (ppdiffusers / diffusers) on the same components and settings."""
+    class_name = plan.model.pipeline_classes[0]
+    try:
+        pipe = engine.stock_pipeline(class_name, eager)
+    except RunnerError as err:
+        return {"pipeline": class_name, "error": err.one_line()}
+    s = plan.settings
+    accepted = inspect.signature(pipe.__call__).parameters
+    stamps: list[float] = []
+
+    def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        engine.synchronize()
+        stamps.append(time.perf_counter())
+        return tensors
+
+    call = {
+        "prompt": list(s.prompts),
+        "negative_prompt": list(s.negative_prompts) if s.negative_prompts else None,
+        "num_images_per_prompt": s.images_per_prompt,
+        "height": s.height,
+        "width": s.width,
+        "num_inference_steps": s.steps,
+        "guidance_scale": s.guidance,
+        "output_type": "np",
+        "callback_on_step_end": on_step_end,
+        "max_sequence_length": plan.model.max_sequence_length,
+    }
+    call = {k: v for k, v in call.items() if k in accepted and v is not None}
+    note = None
+    if plan.model.max_sequence_length and "max_sequence_length" not in accepted:
+        note = f"{class_name} takes no max_sequence_length; it uses its own T5 length"
+    totals, steps, peaks = [], [], []
+    for i in range(bench.warmup + bench.repeats):
+        stamps.clear()
+        engine.reset_peak_memory()
+        with engine.inference_mode():
+            engine.synchronize()
+            start = time.perf_counter()
+            pipe(generator=engine.generator(s.seed), **call)
+            engine.synchronize()
+        elapsed = (time.perf_counter() - start) * 1e3
+        peak = engine.peak_memory_mb()
+        if i >= bench.warmup:
+            totals.append(elapsed)
+            peaks.append(peak)
+            # Between consecutive step-end callbacks: the first step's start is not observable.
+            steps.extend((b - a) * 1e3 for a, b in zip(stamps, stamps[1:]))
+    step, total = summarize_ms(steps), summarize_ms(totals)
+    return {
+        "pipeline": class_name,
+        "step": step,
+        "total": total,
+        "steps_per_s": round(1e3 / step["median"], 4) if step else None,
+        "images_per_s": round(s.num_images * 1e3 / total["median"], 4),
+        "peak_memory_mb": round(max(peaks), 1),
+        **({"note": note} if note else {}),
+    }
+
+
+def run_bench(cfg: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
+    bench = parse_bench(cfg["mode"])
+    plan = plan_run(cfg)
+    engine = plan.engine_cls(device=plan.device, dtype=plan.precision.dtype)
+    start = time.perf_counter()
+    eager = load_components(plan, engine)
+    components = plan.backend.prepare(eager, engine)
+    load_ms = (time.perf_counter() - start) * 1e3
+    runner = measure_runner(plan, engine, components, bench)
+    flops = count_denoiser_flops(plan, engine, eager)
+    reference = measure_reference(plan, engine, eager, bench) if bench.reference else None
+    last = runner.pop("last_run")
+    images = write_outputs(plan, last, output_dir)
+    report = build_report(
+        images=images,
+        stage_ms=last.stage_ms,
+        step_ms=last.step_ms,
+        num_images=plan.settings.num_images,
+        peak_memory_mb=runner["peak_memory_mb"],
+        load_ms=load_ms,
+        run=describe_plan(plan),
+        backend=plan.backend.describe(),
+        config=to_plain(cfg),
+        engine_versions=engine.versions(),
+    )
+    report["bench"] = bench_section(bench, runner, flops, reference)
+    write_json_atomic(output_dir / REPORT_NAME, report)
+    print(bench_table(report), flush=True)
+    return report
+
+
+def bench_section(bench: BenchSettings, runner: dict, flops: dict, reference: dict | None) -> dict[str, Any]:
+    per_call = flops["flops_per_call"]
+    step_ms = runner["step"].get("median") if runner["step"] else None
+    section: dict[str, Any] = {
+        "warmup": bench.warmup,
+        "repeats": bench.repeats,
+        "runner": runner,
+        "denoiser": {
+            "gflop_per_call": round(per_call / 1e9, 3) if per_call else None,
+            "tflop_per_s": round(per_call / (step_ms * 1e-3) / 1e12, 4) if per_call and step_ms else None,
+        },
+        "stage_gflop": {name: round(f / 1e9, 3) for name, f in flops["stage_flops"].items()},
+        "reference": reference,
+    }
+    if reference and "error" not in reference and step_ms:
+        section["ratio"] = {
+            # > 1: the runner is faster than the stock pipeline.
+            "step": round(reference["step"]["median"] / step_ms, 4) if reference["step"] else None,
+            "total": round(reference["total"]["median"] / runner["total"]["median"], 4),
+        }
+    return section
