@@ -1,0 +1,85 @@
+"""mode=bench: report fields, the printed table, FLOP counts that agree across engines, sweep summaries."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from runner.bench import count_denoiser_flops, parse_bench
+from runner.app import load_components
+from runner.errors import ConfigError
+from runner.plan import plan_run
+from tests.support.configs import compose_config
+from tests.support.runs import run_cli
+
+
+@pytest.mark.parametrize("backend", ["paddle", "torch"])
+def test_bench_report_and_table(tmp_path, backend):
+    out = tmp_path / "bench"
+    proc = run_cli(["mode=bench", f"backend={backend}", "steps=2", "mode.warmup=1", "mode.repeats=2", "quiet=true",
+                    f"hydra.run.dir={out}"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    bench = report["bench"]
+    assert (bench["warmup"], bench["repeats"]) == (1, 2)
+    runner = bench["runner"]
+    assert set(runner["stages"]) == {"encode_prompt", "prepare_latents", "denoise", "decode"}
+    assert runner["step"]["count"] == 2 * 2  # PNDM iterates steps + 1 = 3 times; the first is left out
+    assert 0 < runner["step"]["median"] <= runner["step"]["p90"]
+    assert runner["steps_per_s"] > 0 and runner["images_per_s"] > 0 and runner["peak_memory_mb"] > 100
+    assert bench["denoiser"]["gflop_per_call"] > 1 and bench["denoiser"]["tflop_per_s"] > 0
+    reference = bench["reference"]
+    assert reference["pipeline"] == "StableDiffusionPipeline" and reference["step"]["median"] > 0
+    assert bench["ratio"]["step"] > 0 and bench["ratio"]["total"] > 0
+    assert "| denoise step |" in proc.stdout and "speed ratio" in proc.stdout
+    assert report["images"] == ["image_000.png"] and (out / "image_000.png").is_file()
+
+
+@pytest.mark.parametrize("model", ["tiny_sd15", "tiny_sdxl", "tiny_sd3", "tiny_flux"])
+def test_flop_counts_agree_across_engines(model):
+    """Paddle's counter (hooks + patched matmul/attention) and PyTorch's FlopCounterMode count the same
+    denoiser call within 1%."""
+    counts = {}
+    for backend in ("paddle", "torch"):
+        plan = plan_run(compose_config([f"model={model}", f"backend={backend}", "steps=1", "quiet=true"]))
+        engine = plan.engine_cls(device=plan.device, dtype=plan.precision.dtype)
+        counts[backend] = count_denoiser_flops(plan, engine, load_components(plan, engine))["flops_per_call"]
+    assert counts["paddle"] > 0
+    assert abs(counts["paddle"] - counts["torch"]) <= 0.01 * counts["torch"], counts
+
+
+def test_paddle_flux_has_no_stock_reference(tmp_path):
+    out = tmp_path / "bench"
+    proc = run_cli(["mode=bench", "model=tiny_flux", "steps=1", "mode.warmup=0", "mode.repeats=1", "quiet=true",
+                    f"hydra.run.dir={out}"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    reference = json.loads((out / "report.json").read_text())["bench"]["reference"]
+    assert reference["error"].startswith("ppdiffusers 0.29.0 has no FluxPipeline")
+    assert "reference unavailable: ppdiffusers 0.29.0 has no FluxPipeline" in proc.stdout
+
+
+def test_multirun_bench_writes_one_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "mode=bench", "model=tiny_sd15,tiny_sd3", "backend=paddle,torch", "steps=2",
+                    "mode.warmup=0", "mode.repeats=1", "quiet=true", f"hydra.sweep.dir={sweep}"], timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert sorted((r["model"], r["backend"]) for r in rows) == [
+        ("tiny_sd15", "paddle"),
+        ("tiny_sd15", "torch"),
+        ("tiny_sd3", "paddle"),
+        ("tiny_sd3", "torch"),
+    ]
+    assert all(float(r["step_ms_median"]) > 0 and float(r["gflop_per_call"]) > 0 for r in rows)
+    assert all(float(r["speed_ratio_step"]) > 0 for r in rows)
+    summary = (sweep / "summary.md").read_text()
+    assert summary.startswith("| job | model | backend |") and summary.count("\n") == 6
+    assert "Sweep summary" in proc.stdout
+
+
+@pytest.mark.parametrize("key,value", [("warmup", -1), ("repeats", 0)])
+def test_bad_bench_settings(key, value):
+    with pytest.raises(ConfigError, match=rf"mode.{key}={value} must be an integer >= "):
+        parse_bench({"name": "bench", "warmup": 1, "repeats": 1, key: value})

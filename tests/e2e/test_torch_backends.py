@@ -1,0 +1,84 @@
+"""The inductor backend against eager torch, and the PyTorch backends' capability errors."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pytest
+
+from tests.support.runs import max_pixel_diff, run_cli, runner_images
+
+
+def test_inductor_matches_eager_torch():
+    """torch.compile reorders and fuses float32 ops; tolerance: max pixel difference 2 (measured 1)."""
+    common = ["model=tiny_sd15", "seed=5", "steps=3", "batch=2"]
+    eager = runner_images([*common, "backend=torch"])
+    compiled = runner_images([*common, "backend=inductor"])
+    assert max_pixel_diff(eager, compiled) <= 2
+
+
+@pytest.mark.parametrize(
+    "args,env,message",
+    [
+        (["backend=inductor"], {"CXX": "/nonexistent/g++"},
+         r"error: backend=inductor cannot compile here: inductor on CPU compiles with \$CXX=/nonexistent/g\+\+"),
+        (["backend=torch", "backend.device=cuda"], {},
+         r"error: backend=torch asks for device cuda, but torch .* sees no CUDA GPU"),
+        (["backend=torch", "backend.device=mps"], {},
+         r"error: backend=torch: device 'mps' is not one of auto, cpu, cuda, cuda:N"),
+    ],
+)  # fmt: skip
+def test_capability_errors(tmp_path, args, env, message):
+    if "cuda" in " ".join(args):
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a CUDA GPU")
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        proc = run_cli([*args, f"hydra.run.dir={tmp_path / 'run'}"])
+    finally:
+        for key, value in old.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    assert proc.returncode == 2, proc.stderr[-1500:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and re.match(message, errors[0]), proc.stderr[-1500:]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("precision,mean_tolerance", [("fp16", 8.0), ("bf16", 16.0)])
+def test_torch_half_precisions_on_cpu_stay_close_to_fp32(precision, mean_tolerance):
+    """PyTorch has CPU kernels for fp16 and bf16 (Paddle's CPU build has not). Tolerance: mean |pixel
+    difference| to fp32 (random tiny weights amplify rounding; measured 4.9 for fp16, 9.6 for bf16)."""
+    common = ["model=tiny_sd15", "backend=torch", "seed=5", "steps=2"]
+    reference = runner_images([*common, "precision=fp32"]).astype(np.float64)
+    half = runner_images([*common, f"precision={precision}"]).astype(np.float64)
+    assert np.isfinite(half).all() and half.std() > 1.0
+    assert np.abs(reference - half).mean() <= mean_tolerance
+
+
+def test_full_size_random_flux_is_built_directly_in_bf16():
+    """weights=random at full width: parameters are created on the device in the target dtype (no fp32
+    copy first). Checked on the CPU here; the same context puts them on the GPU there."""
+    from dataclasses import replace
+
+    from components.host_memory import PeakRssSampler
+    from components.torch.engine import TorchEngine
+    from tests.support.configs import model_spec
+
+    spec = model_spec("flux").components["transformer"]
+    spec = replace(spec, config={**spec.config, "num_layers": 1, "num_single_layers": 1})  # full width, 2 blocks
+    engine = TorchEngine(device="cpu", dtype="bfloat16")
+    sampler = PeakRssSampler(interval_s=0.002)
+    sampler.reset()
+    start_mb = sampler.peak_mb()
+    model = engine.load_component(spec, None, seed=0)
+    growth_mb = sampler.peak_mb() - start_mb
+    sampler.stop()
+    params = sum(p.numel() for p in model.parameters())
+    assert {str(p.dtype) for p in model.parameters()} == {"torch.bfloat16"}
+    bf16_mb = params * 2 / 2**20
+    assert growth_mb < 1.3 * bf16_mb, f"building took {growth_mb:.0f} MB for {bf16_mb:.0f} MB of bf16 weights"
