@@ -44,6 +44,7 @@ def import_paddle() -> ModuleType:
 @functools.cache
 def import_ppdiffusers() -> ModuleType:
     import_paddle()
+    torch_uint16 = _torch_uint16()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -51,6 +52,11 @@ def import_ppdiffusers() -> ModuleType:
             from paddlenlp.utils.log import logger as paddlenlp_logger
     except ImportError as exc:
         raise CapabilityError(f"the paddle engine needs ppdiffusers ({exc}); {_INSTALL_HINT}") from exc
+    if torch_uint16 is not None:
+        # ppdiffusers' load_utils sets torch.uint16 = torch.bfloat16 (for torch < 2.3, which had no
+        # uint16). On current torch that breaks torch.compile in the same process (torch.iinfo fails
+        # on the alias), e.g. a sweep over backend=paddle,inductor. Paddle loading does not need it.
+        sys.modules["torch"].uint16 = torch_uint16
     paddlenlp_logger.set_level("WARNING")
     ppdiffusers.utils.logging.set_verbosity_error()
     logging.getLogger("ppdiffusers").setLevel(logging.ERROR)
@@ -58,6 +64,15 @@ def import_ppdiffusers() -> ModuleType:
 
     install_cpu_attention_fallback()
     return ppdiffusers
+
+
+def _torch_uint16() -> object | None:
+    """torch.uint16 before ppdiffusers overwrites it (None when torch is not installed)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return getattr(torch, "uint16", None)
 
 
 def build_features() -> dict[str, bool]:

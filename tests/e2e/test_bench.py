@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from runner.bench import count_denoiser_flops, parse_bench
 from runner.app import load_components
+from runner.bench import count_denoiser_flops, parse_bench
 from runner.errors import ConfigError
 from runner.plan import plan_run
 from tests.support.configs import compose_config
@@ -62,8 +62,9 @@ def test_paddle_flux_has_no_stock_reference(tmp_path):
 
 def test_multirun_bench_writes_one_summary(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", "mode=bench", "model=tiny_sd15,tiny_sd3", "backend=paddle,torch", "steps=2",
-                    "mode.warmup=0", "mode.repeats=1", "quiet=true", f"hydra.sweep.dir={sweep}"], timeout=600)  # fmt: skip
+    args = ["-m", "mode=bench", "model=tiny_sd15,tiny_sd3", "backend=paddle,torch", "steps=2", "mode.warmup=0",
+            "mode.repeats=1", "quiet=true", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = run_cli(args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert sorted((r["model"], r["backend"]) for r in rows) == [
