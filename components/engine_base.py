@@ -138,6 +138,17 @@ class EngineBase(abc.ABC):
     def tokenize(self, tokenizer: Any, texts: Sequence[str], max_length: int) -> Any:
         """Token ids [len(texts), max_length], padded to and truncated at `max_length`."""
 
+    # ----------------------------------------------------------------- passes
+    @property
+    @abc.abstractmethod
+    def fusion(self) -> Any:
+        """Module with is_linear(m), fuse(linears) -> (holder, parts), split(holder) -> linears."""
+
+    @abc.abstractmethod
+    def select_attention(self, component: Any, kernel: str, dry_run: bool = False) -> tuple[str | None, dict[str, Any]]:
+        """Make `component` use the `kernel` attention ("auto", "flash", "efficient", "cudnn", "math");
+        return (None, what was chosen) or (why it cannot, {}). dry_run: only answer whether it can."""
+
     # ----------------------------------------------------------------- measurement
     @abc.abstractmethod
     def flop_counter(self, modules: Sequence[Any]) -> Any:

@@ -55,6 +55,11 @@ def _hydra_entry(cfg: DictConfig) -> dict | None:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["passes.list"]:
+        from passes.listing import pass_table
+
+        print(pass_table())
+        return
     _hydra_entry()
     if _failed_exit_codes:
         print(f"error: {len(_failed_exit_codes)} job(s) of the sweep failed (see above)", file=sys.stderr)

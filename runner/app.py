@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from passes.manager import apply_passes, wrap_verification
 from runner.executor import Execution, execute
 from runner.files import write_json_atomic
 from runner.graph import RunContext
@@ -32,13 +33,27 @@ def load_components(plan: RunPlan, engine: Any) -> dict[str, Any]:
     return components
 
 
+def optimize(plan: RunPlan, engine: Any, components: dict[str, Any]) -> dict[str, Any]:
+    """Apply the planned passes, then the backend; with verify, wrap changed components in checks."""
+    components, plan.pass_report, snapshots = apply_passes(plan.passes, dict(components), engine, plan.verify)
+    components = plan.backend.prepare(components, engine)
+    if snapshots:
+        components = wrap_verification(components, snapshots, plan.precision.dtype, plan.pass_report)
+    return components
+
+
 def build_pipeline(plan: RunPlan) -> tuple[Any, dict[str, Any], float]:
     """Create the engine and its components; return (engine, components, load milliseconds)."""
     engine = plan.engine_cls(device=plan.device, dtype=plan.precision.dtype)
     start = time.perf_counter()
-    components = load_components(plan, engine)
-    components = plan.backend.prepare(components, engine)
+    components = optimize(plan, engine, load_components(plan, engine))
     return engine, components, (time.perf_counter() - start) * 1e3
+
+
+def passes_report(plan: RunPlan) -> dict[str, Any]:
+    if plan.pass_report is None:
+        return {"order": [], "applied": []}
+    return plan.pass_report.as_dict(plan.passes.passes)
 
 
 def generate(plan: RunPlan, engine: Any, components: Mapping[str, Any]) -> Execution:
@@ -94,6 +109,7 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
         config=to_plain(cfg),
         engine_versions=engine.versions(),
     )
+    report["passes"] = passes_report(plan)
     write_json_atomic(output_dir / REPORT_NAME, report)
     log.info("wrote %d image(s) and %s to %s", len(images), REPORT_NAME, output_dir)
     return report

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from passes.manager import plan_passes
 from runner import registry
 from runner.graph import Stage, build_graph
 from runner.scheduling import SchedulerChoice, choose_scheduler
@@ -26,6 +27,7 @@ from runner.schema import (
     parse_precision,
     parse_scheduler,
     parse_settings,
+    to_plain,
 )
 from runner.weights import check_weights_dir
 
@@ -42,9 +44,12 @@ class RunPlan:
     weights_dir: Path | None
     pipeline_config: dict[str, Any]
     stages: list[Stage]
+    passes: Any = None  # passes.manager.PassPlan
+    verify: bool = False
     backend: Any = None
     device: str = ""
     engine_cls: Any = None
+    pass_report: Any = None  # filled when the passes are applied
 
 
 def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan:
@@ -60,15 +65,18 @@ def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan
         log.warning(
             "model=%s ignores negative_prompt: none of its stages reads it (no classifier-free guidance)", model.name
         )
+    backend_spec = parse_backend(cfg["backend"])
     plan = RunPlan(
         model=model,
         settings=settings,
         scheduler=scheduler,
-        backend_spec=parse_backend(cfg["backend"]),
+        backend_spec=backend_spec,
         precision=parse_precision(cfg["precision"]),
         weights_dir=weights_dir,
         pipeline_config=pipeline_config,
         stages=stages,
+        passes=plan_passes(to_plain(cfg.get("passes")), backend_spec.engine),
+        verify=bool(cfg.get("verify", False)),
     )
     if check_capabilities:
         check_backend(plan)

@@ -49,6 +49,13 @@ REGISTRY: dict[str, dict[str, str]] = {
         "sd3_transformer": "components.stages.predictors:SD3TransformerPredictor",
         "flux_transformer": "components.stages.predictors:FluxTransformerPredictor",
     },
+    # Optimization passes (passes/): conf/passes/<name>.yaml selects one, passes=[a,b] several.
+    "pass": {
+        "qkv_fusion": "passes.qkv_fusion:QKVFusion",
+        "rope_cache": "passes.rope_cache:RopeCache",
+        "attention": "passes.attention:AttentionKernel",
+        "text_embedding_cache": "passes.text_embedding_cache:TextEmbeddingCache",
+    },
     "guidance": {
         "cfg": "components.stages.guidance:ClassifierFreeGuidance",
         "none": "components.stages.guidance:NoGuidance",

@@ -131,6 +131,17 @@ class PaddleEngine(EngineBase):
 
         return PaddleFlopCounter(modules)
 
+    @property
+    def fusion(self) -> Any:
+        from components.paddle import fusion
+
+        return fusion
+
+    def select_attention(self, component: Any, kernel: str, dry_run: bool = False) -> tuple[str | None, dict]:
+        from components.paddle.attention import select_attention
+
+        return select_attention(component, kernel, self.device, dry_run)
+
     # ----------------------------------------------------------------- runtime
     def inference_mode(self) -> contextlib.AbstractContextManager[None]:
         return paddle.no_grad()

@@ -155,6 +155,17 @@ class TorchEngine(EngineBase):
     def flop_counter(self, modules: Sequence[Any]) -> Any:
         return TorchFlopCounter()
 
+    @property
+    def fusion(self) -> Any:
+        from components.torch import fusion
+
+        return fusion
+
+    def select_attention(self, component: Any, kernel: str, dry_run: bool = False) -> tuple[str | None, dict]:
+        from components.torch.attention import select_attention
+
+        return select_attention(component, kernel, self.torch_device, dry_run)
+
     # ----------------------------------------------------------------- runtime
     def inference_mode(self) -> contextlib.AbstractContextManager[None]:
         return torch.inference_mode()

@@ -21,9 +21,12 @@ def _fused_attention_available() -> bool:
     return paddle.is_compiled_with_cuda() and paddle.get_device().startswith("gpu")
 
 
-def scaled_dot_product_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor) -> paddle.Tensor:
-    """softmax(q k^T / sqrt(d)) v for [B, H, S, D] tensors."""
-    if _fused_attention_available() and q.dtype in (paddle.float16, paddle.bfloat16):
+def scaled_dot_product_attention(
+    q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, kernel: str = "auto"
+) -> paddle.Tensor:
+    """softmax(q k^T / sqrt(d)) v for [B, H, S, D] tensors; kernel "math" forces the matmul path."""
+    fused = kernel != "math" and _fused_attention_available() and q.dtype in (paddle.float16, paddle.bfloat16)
+    if fused:
         # Paddle's fused kernel takes [B, S, H, D].
         out = F.scaled_dot_product_attention(q.transpose([0, 2, 1, 3]), k.transpose([0, 2, 1, 3]),
                                              v.transpose([0, 2, 1, 3]))  # fmt: skip
@@ -36,6 +39,7 @@ class FluxAttention(nn.Layer):
     def __init__(self, dim: int, heads: int, head_dim: int, joint: bool) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, head_dim
+        self.kernel = "auto"  # set by the attention pass: "auto" (fused where available) or "math"
         inner = heads * head_dim
         self.to_q, self.to_k, self.to_v = Linear(dim, inner), Linear(dim, inner), Linear(dim, inner)
         self.norm_q, self.norm_k = RMSNorm(head_dim), RMSNorm(head_dim)
@@ -65,7 +69,7 @@ class FluxAttention(nn.Layer):
             v = paddle.concat([self._heads(self.add_v_proj(encoder_hidden_states)), v], axis=2)
         cos, sin = rotary
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = scaled_dot_product_attention(q, k, v)
+        out = scaled_dot_product_attention(q, k, v, self.kernel)
         out = out.transpose([0, 2, 1, 3]).reshape([out.shape[0], -1, self.heads * self.head_dim]).cast(q.dtype)
         if encoder_hidden_states is None:
             return out

@@ -1,0 +1,39 @@
+"""attention: choose the attention kernel for the backend and device, and record the choice.
+
+Requires: a component with attention (diffusers/ppdiffusers attention processors, or this project's
+Flux attention). Changes: PyTorch runs its attention through scaled_dot_product_attention restricted
+to the chosen kernels (flash / memory-efficient / cuDNN / math; `auto` leaves the choice to PyTorch
+and records what this device offers); Paddle uses its fused memory-efficient or flash kernel where the
+build has one (GPU builds) and the math fallback elsewhere. The choice lands in report.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from passes.base import Pass, PassContext
+from runner.errors import ConfigError
+
+KERNELS = ("auto", "flash", "efficient", "cudnn", "math")
+
+
+class AttentionKernel(Pass):
+    name = "attention"
+    engines = ("paddle", "torch")
+    requires = "attention layers (processors or this project's Flux attention)"
+    changes = "attention computed by the chosen kernel (flash / memory-efficient / cuDNN / math), recorded"
+    after = ("qkv_fusion",)
+    defaults = ("torch",)
+
+    def __init__(self, kernel: str = "auto") -> None:
+        if kernel not in KERNELS:
+            raise ConfigError(f"passes.attention.kernel={kernel!r} is not one of {', '.join(KERNELS)}")
+        super().__init__(kernel=kernel)
+
+    def check(self, component: Any, ctx: PassContext) -> str | None:
+        reason, _ = ctx.engine.select_attention(component, self.options["kernel"], dry_run=True)
+        return reason
+
+    def apply(self, component: Any, ctx: PassContext) -> tuple[Any, dict[str, Any]]:
+        _, details = ctx.engine.select_attention(component, self.options["kernel"])
+        return details.pop("component", component), details

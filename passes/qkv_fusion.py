@@ -1,0 +1,80 @@
+"""qkv_fusion: one projection for Q, K and V (K and V in cross-attention) in every attention module.
+
+Requires: a module with separate to_q / to_k / to_v Linear projections (UNet and VAE attention, SD3
+joint attention, Flux double- and single-stream attention), and add_q_proj / add_k_proj / add_v_proj
+for the text stream of joint attention. Changes: their weights are concatenated, exactly, into one
+Linear per group; the originals are replaced by stand-ins returning slices of the fused product, so
+attention processors are unchanged. `unfuse` splits them back bit for bit (for LoRA-style edits).
+
+Measured effect (docs/benchmarks.md, CPU, 2 cores): see the table; on the CPU the three GEMMs are
+already compute-bound, and the pass is in no engine's default list there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from passes.base import Pass, PassContext
+
+SELF_GROUPS = (("to_q", "to_k", "to_v"), ("add_q_proj", "add_k_proj", "add_v_proj"))
+CROSS_GROUPS = (("to_k", "to_v"),)  # queries read the image, keys/values the text
+PREFIX = "fused_"
+
+
+def _attention_modules(component: Any, is_linear: Any) -> list[Any]:
+    modules = component.modules() if hasattr(component, "modules") else component.sublayers(include_self=True)
+    return [m for m in modules if all(is_linear(getattr(m, name, None)) for name in ("to_q", "to_k", "to_v"))]
+
+
+def _groups(module: Any, fusion: Any) -> tuple[tuple[str, ...], ...]:
+    """Self-attention fuses Q, K, V (and the text stream's); cross-attention only K, V, whose input is
+    the text. Cross-attention is recognized by the flag diffusers sets or by Q reading a different width."""
+    widths = {fusion.in_features(getattr(module, name)) for name in ("to_q", "to_k", "to_v")}
+    return CROSS_GROUPS if getattr(module, "is_cross_attention", False) or len(widths) > 1 else SELF_GROUPS
+
+
+class QKVFusion(Pass):
+    name = "qkv_fusion"
+    engines = ("paddle", "torch")
+    requires = "attention modules with separate to_q/to_k/to_v Linear projections"
+    changes = "Q, K, V (K, V for cross-attention) computed by one concatenated Linear per attention module"
+    before = ("rope_cache",)
+    defaults = ()
+
+    def check(self, component: Any, ctx: PassContext) -> str | None:
+        if not _attention_modules(component, ctx.engine.fusion.is_linear):
+            return "no attention module with separate to_q/to_k/to_v projections"
+        return None
+
+    def apply(self, component: Any, ctx: PassContext) -> tuple[Any, dict[str, Any]]:
+        fusion = ctx.engine.fusion
+        modules = groups = 0
+        for module in _attention_modules(component, fusion.is_linear):
+            modules += 1
+            for names in _groups(module, fusion):
+                linears = [getattr(module, name, None) for name in names]
+                if not all(fusion.is_linear(layer) for layer in linears):
+                    continue
+                holder, parts = fusion.fuse(linears)
+                setattr(module, PREFIX + "_".join(names), holder)
+                for name, part in zip(names, parts):
+                    setattr(module, name, part)
+                groups += 1
+        return component, {"attention_modules": modules, "fused_groups": groups}
+
+
+def unfuse(component: Any, engine: Any) -> int:
+    """Split every fused projection of `component` back into its original Linear layers; return how many."""
+    modules = component.modules() if hasattr(component, "modules") else component.sublayers(include_self=True)
+    restored = 0
+    for module in list(modules):
+        for names in SELF_GROUPS + CROSS_GROUPS:
+            attr = PREFIX + "_".join(names)
+            holder = getattr(module, attr, None)
+            if holder is None:
+                continue
+            for name, layer in zip(names, engine.fusion.split(holder)):
+                setattr(module, name, layer)
+            delattr(module, attr)
+            restored += 1
+    return restored

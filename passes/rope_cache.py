@@ -1,0 +1,80 @@
+"""rope_cache: rotary cos/sin computed once per (resolution, text length), not in every forward.
+
+Requires: a component that computes rotary embeddings from position ids in a method of its own
+(diffusers' Flux `pos_embed`, this project's Paddle Flux `rotary_embedding`). Changes: that method is
+wrapped by a small cache keyed on the ids' shapes and values (an exact comparison, so a new
+resolution or text length recomputes), reused across steps and calls.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from passes.base import Pass, PassContext
+
+
+def _same(a: Any, b: Any) -> bool:
+    return tuple(a.shape) == tuple(b.shape) and bool((a == b).all())
+
+
+class RopeCacheMethod:
+    """Memoizes `method(*ids)` for the last `size` distinct ids tuples."""
+
+    def __init__(self, method: Any, size: int) -> None:
+        self.method, self.size = method, size
+        self.entries: OrderedDict[int, tuple[tuple, Any]] = OrderedDict()
+        self.hits = self.misses = 0
+        self._next = 0
+
+    def __call__(self, *ids: Any) -> Any:
+        for key, (cached_ids, value) in self.entries.items():
+            if len(cached_ids) == len(ids) and all(_same(a, b) for a, b in zip(cached_ids, ids)):
+                self.entries.move_to_end(key)
+                self.hits += 1
+                return value
+        self.misses += 1
+        value = self.method(*ids)
+        self.entries[self._next] = (tuple(ids), value)
+        self._next += 1
+        if len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        return value
+
+
+def _rope_owner(component: Any) -> tuple[Any, str] | None:
+    """(object, method name) computing the rotary embedding, found by capability."""
+    if callable(getattr(component, "rotary_embedding", None)):
+        return component, "rotary_embedding"
+    pos_embed = getattr(component, "pos_embed", None)
+    if pos_embed is not None and hasattr(pos_embed, "axes_dim") and hasattr(pos_embed, "theta"):
+        return pos_embed, "forward"
+    return None
+
+
+class RopeCache(Pass):
+    name = "rope_cache"
+    engines = ("paddle", "torch")
+    requires = "a rotary position embedding computed from position ids (Flux pos_embed / rotary_embedding)"
+    changes = "rotary cos/sin cached per (resolution, text length) and reused across steps and calls"
+    after = ("qkv_fusion",)
+    defaults = ("paddle", "torch")
+
+    def __init__(self, size: int = 4) -> None:
+        super().__init__(size=size)
+        self.caches: list[RopeCacheMethod] = []
+
+    def check(self, component: Any, ctx: PassContext) -> str | None:
+        return None if _rope_owner(component) else "no rotary position embedding computed from ids"
+
+    def apply(self, component: Any, ctx: PassContext) -> tuple[Any, dict[str, Any]]:
+        owner, method = _rope_owner(component)
+        cache = RopeCacheMethod(getattr(owner, method), int(self.options["size"]))
+        object.__setattr__(owner, method, cache)  # instance attribute: module __call__ finds it first
+        self.caches.append(cache)
+        return component, {"method": f"{type(owner).__name__}.{method}", "size": cache.size}
+
+    def stats(self) -> dict[str, Any]:
+        if not self.caches:
+            return {}
+        return {"hits": sum(c.hits for c in self.caches), "misses": sum(c.misses for c in self.caches)}
