@@ -1,0 +1,125 @@
+"""Every pass on every tiny family and engine, through the same verification; unfuse, cache accounting,
+failure reporting, and passes=none equal to the unoptimized runner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from passes.base import Pass, PassContext
+from passes.manager import PassError, PassPlan, apply_passes, wrap_verification
+from passes.qkv_fusion import QKVFusion, unfuse
+from runner.app import build_pipeline, generate, load_components
+from runner.errors import VerificationError
+from runner.plan import plan_run
+from tests.support.configs import compose_config
+from tests.support.runs import max_pixel_diff, runner_images
+
+MODELS = ["tiny_sd15", "tiny_sd21", "tiny_sdxl", "tiny_sd3", "tiny_flux"]
+DENOISER = {"tiny_sd3": "transformer", "tiny_flux": "transformer"}
+
+
+def run(overrides: list[str]):
+    plan = plan_run(compose_config([*overrides, "quiet=true"]))
+    engine, components, _ = build_pipeline(plan)
+    return plan, engine, components, generate(plan, engine, components).state["images"]
+
+
+@pytest.mark.parametrize("backend", ["paddle", "torch"])
+@pytest.mark.parametrize("model", MODELS)
+def test_all_passes_verify_on_every_family(model, backend):
+    plan, _, _, images = run([f"model={model}", f"backend={backend}", "passes=all", "verify=true", "steps=2"])
+    report = plan.pass_report.as_dict(plan.passes.passes)
+    denoiser = DENOISER.get(model, "unet")
+    applied = {(d["pass"], d["component"]) for d in report["details"]}
+    assert ("qkv_fusion", denoiser) in applied and ("text_embedding_cache", "text_encoder") in applied
+    assert (("rope_cache", denoiser) in applied) == (model == "tiny_flux")
+    verified = {(v["pass"], v["component"]) for v in report["verified"]}
+    assert ("qkv_fusion", denoiser) in verified and ("qkv_fusion", "vae") in verified
+    assert all(v["max_abs_error"] <= v["bound"] for v in report["verified"])
+    unoptimized = runner_images([f"model={model}", f"backend={backend}", "steps=2"])
+    assert max_pixel_diff(images, unoptimized) <= 1
+
+
+@pytest.mark.parametrize("backend", ["paddle", "torch"])
+@pytest.mark.parametrize("model", ["tiny_sdxl", "tiny_flux"])
+def test_unfuse_restores_bit_identical_weights(model, backend):
+    plan = plan_run(compose_config([f"model={model}", f"backend={backend}", "steps=1"]))
+    engine = plan.engine_cls(device=plan.device, dtype=plan.precision.dtype)
+    module = load_components(plan, engine)[DENOISER.get(model, "unet")]
+    before = {k: np.array(v.detach().cpu() if hasattr(v, "detach") else v) for k, v in module.state_dict().items()}
+    QKVFusion().apply(module, PassContext(engine=engine))
+    assert set(module.state_dict()) != set(before), "nothing was fused"
+    assert unfuse(module, engine) > 0
+    after = {k: np.array(v.detach().cpu() if hasattr(v, "detach") else v) for k, v in module.state_dict().items()}
+    assert set(after) == set(before)
+    for key, value in before.items():
+        assert value.shape == after[key].shape and value.tobytes() == after[key].tobytes(), key
+
+
+@pytest.mark.parametrize("backend", ["paddle", "torch"])
+def test_text_embedding_cache_counts_hits_and_misses(backend):
+    prompts = ["prompt=[a red fox,a red fox,a lighthouse]", "negative_prompt=blurry"]
+    common = ["model=tiny_sd15", f"backend={backend}", "steps=1", *prompts]
+    plan, engine, components, images = run([*common, "passes=text_embedding_cache"])
+    stats = plan.pass_report.as_dict(plan.passes.passes)["stats"]["text_embedding_cache"]
+    # 3 prompt rows (2 distinct) and 3 negative rows (1 distinct): each distinct text encoded once.
+    assert stats == {"hits": 3, "misses": 3}
+    generate(plan, engine, components)
+    assert plan.pass_report.as_dict(plan.passes.passes)["stats"]["text_embedding_cache"] == {"hits": 9, "misses": 3}
+    assert max_pixel_diff(images, runner_images(common)) == 0
+
+
+def test_passes_none_equals_the_unoptimized_runner():
+    base = ["model=tiny_sdxl", "steps=2", "seed=3"]
+    assert max_pixel_diff(runner_images(base), runner_images([*base, "passes=none"])) == 0
+
+
+class Perturb(Pass):
+    """A deliberately wrong pass: scales the denoiser's output layer."""
+
+    name = "perturb"
+    engines = ("paddle", "torch")
+
+    def check(self, component, ctx):
+        return None if hasattr(component, "conv_out") and hasattr(component, "add_embedding") else "no conv_out"
+
+    def apply(self, component, ctx):
+        weight = component.conv_out.weight
+        if hasattr(weight, "set_value"):
+            weight.set_value(weight * 1.5)
+        else:
+            weight.data.mul_(1.5)
+        return component, {}
+
+
+class Explode(Pass):
+    name = "explode"
+    engines = ("paddle", "torch")
+
+    def check(self, component, ctx):
+        return None
+
+    def apply(self, component, ctx):
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("backend", ["paddle", "torch"])
+def test_verification_names_the_pass_that_broke_the_output(backend):
+    plan = plan_run(compose_config(["model=tiny_sdxl", f"backend={backend}", "steps=1", "quiet=true"]))
+    engine = plan.engine_cls(device=plan.device, dtype=plan.precision.dtype)
+    passes = PassPlan(passes=[QKVFusion(), Perturb()])
+    components, report, snapshots = apply_passes(passes, load_components(plan, engine), engine, verify=True)
+    components = wrap_verification(components, snapshots, "float32", report)
+    with pytest.raises(VerificationError, match=r"pass perturb changed unet's output by [0-9.e+-]+ \(max abs\), "
+                       r"above the float32 bound .*; passes applied before it: qkv_fusion"):  # fmt: skip
+        generate(plan, engine, components)
+
+
+def test_a_failing_pass_is_named_with_those_applied_before_it():
+    plan = plan_run(compose_config(["model=tiny_sd15", "steps=1"]))
+    engine = plan.engine_cls(device=plan.device, dtype=plan.precision.dtype)
+    passes = PassPlan(passes=[QKVFusion(), Explode()])
+    with pytest.raises(PassError, match=r"pass explode failed on component '\w+': RuntimeError: boom; "
+                       r"passes applied before it: qkv_fusion"):  # fmt: skip
+        apply_passes(passes, load_components(plan, engine), engine, verify=False)
