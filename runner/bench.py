@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.app import generate, load_components, optimize, passes_report, write_outputs
+from runner.app import generate, job_report, load_components, optimize
 from runner.errors import ConfigError, RunnerError
 from runner.executor import execute
 from runner.files import write_json_atomic
 from runner.graph import RunContext
-from runner.plan import RunPlan, describe_plan, plan_run
-from runner.report import REPORT_NAME, build_report, summarize_ms
+from runner.plan import RunPlan, plan_run
+from runner.report import REPORT_NAME, summarize_ms
 from runner.schema import to_plain
 from runner.tables import bench_table
 
@@ -158,21 +158,8 @@ def run_bench(cfg: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
     flops = count_denoiser_flops(plan, engine, eager)
     reference = measure_reference(plan, engine, eager, bench) if bench.reference else None
     runner = measure_runner(plan, engine, optimize(plan, engine, eager), bench)
-    last = runner.pop("last_run")
-    images = write_outputs(plan, last, output_dir)
-    report = build_report(
-        images=images,
-        stage_ms=last.stage_ms,
-        step_ms=last.step_ms,
-        num_images=plan.settings.num_images,
-        peak_memory_mb=runner["peak_memory_mb"],
-        load_ms=load_ms,
-        run=describe_plan(plan),
-        backend=plan.backend.describe(),
-        config=to_plain(cfg),
-        engine_versions=engine.versions(),
-    )
-    report["passes"] = passes_report(plan)
+    last = dataclasses.replace(runner.pop("last_run"), peak_memory_mb=runner["peak_memory_mb"])
+    report = job_report(cfg, plan, engine, last, load_ms, output_dir)
     report["bench"] = bench_section(bench, runner, flops, reference)
     write_json_atomic(output_dir / REPORT_NAME, report)
     print(bench_table(report), flush=True)

@@ -11,6 +11,7 @@ from typing import Any
 import paddle
 from paddle import nn
 
+from components.fusion_cache import SharedProduct
 from components.paddle.flux.layers import Linear as TorchLayoutLinear
 
 
@@ -43,17 +44,10 @@ class FusedProjection(nn.Layer):
         super().__init__()
         self.linear = linear
         self.sizes = sizes
-        self._cache: dict[str, Any] = {}
+        self._shared = SharedProduct(len(sizes))
 
     def part(self, x: Any, index: int) -> Any:
-        cache = self._cache
-        if cache.get("input") is not x:
-            cache.update(input=x, outputs=paddle.split(self.linear(x), self.sizes, axis=-1), taken=0)
-        result = cache["outputs"][index]
-        cache["taken"] += 1
-        if cache["taken"] == len(self.sizes):
-            cache.clear()
-        return result
+        return self._shared.take(x, index, lambda v: paddle.split(self.linear(v), self.sizes, axis=-1))
 
 
 class ProjectionPart(nn.Layer):

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from components.fusion_cache import SharedProduct
+
 
 def is_linear(module: Any) -> bool:
     """A plain Linear (a LoRA-carrying one is not fused: its adapter would be lost)."""
@@ -28,17 +30,10 @@ class FusedProjection(nn.Module):
         super().__init__()
         self.linear = linear
         self.sizes = sizes
-        self._cache: dict[str, Any] = {}
+        self._shared = SharedProduct(len(sizes))
 
     def part(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        cache = self._cache
-        if cache.get("input") is not x:
-            cache.update(input=x, outputs=self.linear(x).split(self.sizes, dim=-1), taken=0)
-        result = cache["outputs"][index]
-        cache["taken"] += 1
-        if cache["taken"] == len(self.sizes):
-            cache.clear()  # every part was read: drop the activation
-        return result
+        return self._shared.take(x, index, lambda v: self.linear(v).split(self.sizes, dim=-1))
 
 
 class ProjectionPart(nn.Module):
