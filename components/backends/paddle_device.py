@@ -47,8 +47,8 @@ class PaddleDeviceBackend(Backend):
             return "gpu:0" if has_gpu else "cpu"
         kind = device.split(":")[0]
         if kind in ("gpu", "xpu"):
-            if kind == "gpu":
-                require_features(self.spec.name, [] if needed else ["cuda"])
+            if kind == "gpu" and not needed:  # a plain GPU request needs CUDA; dcu/cinn/tensorrt say what they need
+                require_features(self.spec.name, ["cuda"])
             if runtime.device_count(kind) == 0:
                 raise CapabilityError(f"backend={self.spec.name} asks for device {device}, but no {kind} is visible")
         elif kind != "cpu":

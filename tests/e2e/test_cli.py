@@ -111,6 +111,7 @@ def test_multirun_sweep_runs_every_job(tmp_path):
         (["backend=tensorrt"], r"error: backend=tensorrt needs a Paddle build with CUDA .* and TensorRT"),
         (["backend=xpu"], r"error: backend=xpu needs a Paddle build with Kunlun XPU"),
         (["backend=dcu"], r"error: backend=dcu needs a Paddle build with ROCm"),
+        (["backend.device=gpu:1"], r"error: backend=paddle needs a Paddle build with CUDA"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
