@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from components.loading import ComponentType, bundled_tokenizer
+from components.step_timer import HostStepTimer
 from runner.errors import ConfigError
 from runner.registry import import_object
 from runner.schema import ComponentSpec
@@ -176,6 +177,14 @@ class EngineBase(abc.ABC):
     @abc.abstractmethod
     def synchronize(self) -> None:
         """Wait for queued device work, so host timers measure it."""
+
+    def step_timer(self) -> Any:
+        """A timer with mark() / durations_ms(); engines with device events avoid a sync per mark."""
+        return HostStepTimer(None if self.runs_on_host else self.synchronize)
+
+    @property
+    def runs_on_host(self) -> bool:
+        return self.device == "cpu"
 
     @abc.abstractmethod
     def reset_peak_memory(self) -> None: ...

@@ -96,11 +96,8 @@ def measure_reference(plan: RunPlan, engine: Any, eager: Mapping[str, Any], benc
         return {"pipeline": class_name, "error": err.one_line()}
     s = plan.settings
     accepted = inspect.signature(pipe.__call__).parameters
-    stamps: list[float] = []
-
     def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
-        engine.synchronize()
-        stamps.append(time.perf_counter())
+        timer.mark()  # the timer of the current call (bound below), as the runner's own loop marks steps
         return tensors
 
     call = {
@@ -121,7 +118,7 @@ def measure_reference(plan: RunPlan, engine: Any, eager: Mapping[str, Any], benc
         note = f"{class_name} takes no max_sequence_length; it uses its own T5 length"
     totals, steps, peaks = [], [], []
     for i in range(bench.warmup + bench.repeats):
-        stamps.clear()
+        timer = engine.step_timer()
         engine.reset_peak_memory()
         with engine.inference_mode():
             engine.synchronize()
@@ -134,7 +131,7 @@ def measure_reference(plan: RunPlan, engine: Any, eager: Mapping[str, Any], benc
             totals.append(elapsed)
             peaks.append(peak)
             # Between consecutive step-end callbacks: the first step's start is not observable.
-            steps.extend((b - a) * 1e3 for a, b in zip(stamps, stamps[1:]))
+            steps.extend(timer.durations_ms())
     step, total = summarize_ms(steps), summarize_ms(totals)
     return {
         "pipeline": class_name,

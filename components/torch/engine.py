@@ -170,6 +170,17 @@ class TorchEngine(EngineBase):
     def inference_mode(self) -> contextlib.AbstractContextManager[None]:
         return torch.inference_mode()
 
+    def step_timer(self) -> Any:
+        if self.torch_device.type == "cuda":
+            from components.step_timer import CudaEventStepTimer
+
+            return CudaEventStepTimer(torch)
+        return super().step_timer()
+
+    @property
+    def runs_on_host(self) -> bool:
+        return self.torch_device.type == "cpu"
+
     def synchronize(self) -> None:
         if self.torch_device.type == "cuda":
             torch.cuda.synchronize(self.torch_device)
