@@ -96,6 +96,7 @@ def measure_reference(plan: RunPlan, engine: Any, eager: Mapping[str, Any], benc
         return {"pipeline": class_name, "error": err.one_line()}
     s = plan.settings
     accepted = inspect.signature(pipe.__call__).parameters
+
     def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
         timer.mark()  # the timer of the current call (bound below), as the runner's own loop marks steps
         return tensors

@@ -15,6 +15,8 @@ import sys
 import warnings
 from types import ModuleType
 
+import numpy as np
+
 from runner.errors import CapabilityError
 
 _INSTALL_HINT = "install the paddle extra: pip install -e '.[paddle]'"
@@ -45,6 +47,8 @@ def import_paddle() -> ModuleType:
 def import_ppdiffusers() -> ModuleType:
     import_paddle()
     torch_uint16 = _torch_uint16()
+    numpy_bool = np.bool  # numpy >= 2: the boolean scalar type
+    had_bfloat16 = hasattr(np, "bfloat16")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -52,11 +56,15 @@ def import_ppdiffusers() -> ModuleType:
             from paddlenlp.utils.log import logger as paddlenlp_logger
     except ImportError as exc:
         raise CapabilityError(f"the paddle engine needs ppdiffusers ({exc}); {_INSTALL_HINT}") from exc
+    # ppdiffusers' load_utils rebinds library names on import: torch.uint16 = torch.bfloat16 (for
+    # torch < 2.3), np.bool = bool, np.bfloat16 = np.uint16. Nothing in ppdiffusers reads them later,
+    # and they break other code in the same process: torch.compile (torch.iinfo fails on the alias,
+    # e.g. in a sweep over backend=paddle,inductor) and NumPy's own testing helpers.
     if torch_uint16 is not None:
-        # ppdiffusers' load_utils sets torch.uint16 = torch.bfloat16 (for torch < 2.3, which had no
-        # uint16). On current torch that breaks torch.compile in the same process (torch.iinfo fails
-        # on the alias), e.g. a sweep over backend=paddle,inductor. Paddle loading does not need it.
         sys.modules["torch"].uint16 = torch_uint16
+    np.bool = numpy_bool
+    if not had_bfloat16 and hasattr(np, "bfloat16"):
+        del np.bfloat16
     paddlenlp_logger.set_level("WARNING")
     ppdiffusers.utils.logging.set_verbosity_error()
     logging.getLogger("ppdiffusers").setLevel(logging.ERROR)

@@ -14,8 +14,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import paddle
-from ppdiffusers import FlowMatchEulerDiscreteScheduler as PPFlowMatchEuler
-from ppdiffusers.configuration_utils import register_to_config
+
+from components.paddle.runtime import import_ppdiffusers
+
+# Through the engine's importer, which undoes ppdiffusers' import-time patches of torch and NumPy.
+_ppdiffusers = import_ppdiffusers()
+PPFlowMatchEuler = _ppdiffusers.FlowMatchEulerDiscreteScheduler
+register_to_config = _ppdiffusers.configuration_utils.register_to_config
 
 
 class FlowMatchEulerDiscreteScheduler(PPFlowMatchEuler):

@@ -182,3 +182,26 @@ def test_schnell_is_the_dev_architecture_without_guidance_or_shift():
     assert schnell.scheduler.config.use_dynamic_shifting is False and schnell.scheduler.config.shift == 1.0
     assert schnell.components.transformer.config.num_layers == dev.components.transformer.config.num_layers == 19
     assert (schnell.max_sequence_length, schnell.run_defaults.steps) == (256, 4)
+
+
+def test_sharded_and_bf16_flux_checkpoints_load(tiny_weights, tmp_path):
+    """A transformer/ folder saved in shards (with its index json) and one saved in bf16 load as they are:
+    the sharded one to the same weights, the bf16 one to the bf16 values."""
+    import diffusers
+    import torch
+
+    from components.paddle.flux.transformer import FluxTransformer2DModel
+
+    source = diffusers.FluxTransformer2DModel.from_pretrained(str(tiny_weights("tiny_flux") / "transformer"))
+    expected = {k: v.numpy().copy() for k, v in source.state_dict().items()}
+    source.save_pretrained(str(tmp_path / "sharded"), max_shard_size="50KB")
+    assert (tmp_path / "sharded" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    source.to(torch.bfloat16).save_pretrained(str(tmp_path / "bf16"))  # .to() converts in place
+    sharded = FluxTransformer2DModel.from_pretrained(str(tmp_path / "sharded"))
+    for name, value in sharded.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), expected[name], err_msg=name)
+    bf16 = FluxTransformer2DModel.from_pretrained(str(tmp_path / "bf16"), paddle_dtype="bfloat16")
+    reference = {k: v.float().numpy() for k, v in source.state_dict().items()}
+    for name, value in bf16.state_dict().items():
+        assert str(value.dtype) == "paddle.bfloat16"
+        np.testing.assert_array_equal(value.cast("float32").numpy(), reference[name], err_msg=name)

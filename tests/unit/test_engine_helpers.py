@@ -63,11 +63,13 @@ def test_missing_shard_is_named(tmp_path):
         load_safetensors_folder(tmp_path, "m")
 
 
-def test_importing_ppdiffusers_leaves_torch_dtypes_intact():
-    """ppdiffusers aliases torch.uint16 to bfloat16 on import; the engine undoes it (torch.compile needs it)."""
+def test_importing_ppdiffusers_leaves_torch_and_numpy_intact():
+    """ppdiffusers rebinds torch.uint16, np.bool and np.bfloat16 on import; the engine undoes it
+    (torch.compile and NumPy's testing helpers need the real ones)."""
     import torch
 
     from components.paddle.runtime import import_ppdiffusers
 
     import_ppdiffusers()
     assert torch.iinfo(torch.uint16).max == 65535
+    assert np.bool is np.bool_ and not hasattr(np, "bfloat16")

@@ -16,7 +16,6 @@ from typing import Any
 
 import paddle
 from paddle import nn
-from ppdiffusers.configuration_utils import ConfigMixin, register_to_config
 
 from components.paddle.flux.attention import FluxAttention
 from components.paddle.flux.layers import (
@@ -29,7 +28,12 @@ from components.paddle.flux.layers import (
     layer_norm_no_affine,
     rope_frequencies,
 )
+from components.paddle.runtime import import_ppdiffusers
 from components.paddle.safetensors_io import load_safetensors_folder
+
+# Through the engine's importer, which undoes ppdiffusers' import-time patches of torch and NumPy.
+_configuration = import_ppdiffusers().configuration_utils
+ConfigMixin, register_to_config = _configuration.ConfigMixin, _configuration.register_to_config
 
 
 def _clip_fp16(x: paddle.Tensor) -> paddle.Tensor:
