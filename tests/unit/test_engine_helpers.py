@@ -73,3 +73,25 @@ def test_importing_ppdiffusers_leaves_torch_and_numpy_intact():
     import_ppdiffusers()
     assert torch.iinfo(torch.uint16).max == 65535
     assert np.bool is np.bool_ and not hasattr(np, "bfloat16")
+
+
+def test_atomic_writes_leave_no_temporary_file_and_normal_permissions(tmp_path):
+    import os
+
+    from runner.files import write_atomic, write_json_atomic
+
+    target = tmp_path / "report.json"
+    write_json_atomic(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+    def failing(f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, failing)
+    assert json.loads(target.read_text()) == {"a": 1}, "the earlier file was damaged"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
