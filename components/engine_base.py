@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from components.host_memory import PeakRssSampler
 from components.loading import ComponentType, bundled_tokenizer
 from components.step_timer import HostStepTimer
 from runner.errors import ConfigError
@@ -35,6 +36,7 @@ class EngineBase(abc.ABC):
     def __init__(self, *, device: str, dtype: str) -> None:
         self.device = device
         self.dtype_name = dtype
+        self._rss = PeakRssSampler()
 
     # ----------------------------------------------------------------- components
     def load_component(self, spec: ComponentSpec, weights_dir: str | None, *, seed: int) -> Any:
@@ -186,12 +188,26 @@ class EngineBase(abc.ABC):
     def runs_on_host(self) -> bool:
         return self.device == "cpu"
 
-    @abc.abstractmethod
-    def reset_peak_memory(self) -> None: ...
+    def reset_peak_memory(self) -> None:
+        """Start a new peak: the device allocator's where the engine tracks one, sampled RSS otherwise."""
+        if not self._reset_device_peak():
+            self._rss.reset()
 
-    @abc.abstractmethod
     def peak_memory_mb(self) -> float:
-        """Peak device memory since the last reset (host RSS on CPU)."""
+        """Peak device memory since the last reset (host RSS on CPU and untracked devices)."""
+        device_peak = self._device_peak_mb()
+        if device_peak is not None:
+            return device_peak
+        peak = self._rss.peak_mb()
+        self._rss.stop()
+        return peak
+
+    def _reset_device_peak(self) -> bool:
+        """Reset the device allocator's peak; False where this device has none to reset."""
+        return False
+
+    def _device_peak_mb(self) -> float | None:
+        return None
 
     @abc.abstractmethod
     def versions(self) -> dict[str, str]: ...

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from components.engine_base import EngineBase
-from components.host_memory import PeakRssSampler
 from components.loading import ComponentType, folder_is_torch_format
 from components.paddle.runtime import import_paddle, import_ppdiffusers
 from components.paddle.torch_weights import load_torch_layout_text_model
@@ -52,8 +51,6 @@ class PaddleEngine(EngineBase):
     def __init__(self, *, device: str, dtype: str) -> None:
         super().__init__(device=device, dtype=dtype)
         paddle.set_device(device)
-        self._on_host = device == "cpu"
-        self._rss = PeakRssSampler()
 
     # ----------------------------------------------------------------- components
     def _from_pretrained(self, ctype: ComponentType, cls: Any, folder: Path) -> Any:
@@ -147,21 +144,17 @@ class PaddleEngine(EngineBase):
         return paddle.no_grad()
 
     def synchronize(self) -> None:
-        if not self._on_host:
+        if not self.runs_on_host:
             paddle.device.synchronize()
 
-    def reset_peak_memory(self) -> None:
+    def _reset_device_peak(self) -> bool:
         if self.device.startswith("gpu"):
             paddle.device.cuda.reset_max_memory_allocated()
-        else:
-            self._rss.reset()
+            return True
+        return False
 
-    def peak_memory_mb(self) -> float:
-        if self.device.startswith("gpu"):
-            return paddle.device.cuda.max_memory_allocated() / 2**20
-        peak = self._rss.peak_mb()
-        self._rss.stop()
-        return peak
+    def _device_peak_mb(self) -> float | None:
+        return paddle.device.cuda.max_memory_allocated() / 2**20 if self.device.startswith("gpu") else None
 
     def versions(self) -> dict[str, str]:
         import paddlenlp

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from components.engine_base import EngineBase
-from components.host_memory import PeakRssSampler
 from components.loading import ComponentType, folder_is_torch_format
 from components.torch.runtime import import_diffusers, import_torch, transformers_major
 from runner.errors import ConfigError
@@ -75,8 +74,6 @@ class TorchEngine(EngineBase):
     def __init__(self, *, device: str, dtype: str) -> None:
         super().__init__(device=device, dtype=dtype)
         self.torch_device = torch.device(device)
-        self._on_host = self.torch_device.type == "cpu"
-        self._rss = PeakRssSampler()
 
     # ----------------------------------------------------------------- components
     def _from_pretrained(self, ctype: ComponentType, cls: Any, folder: Path) -> Any:
@@ -185,18 +182,16 @@ class TorchEngine(EngineBase):
         if self.torch_device.type == "cuda":
             torch.cuda.synchronize(self.torch_device)
 
-    def reset_peak_memory(self) -> None:
+    def _reset_device_peak(self) -> bool:
         if self.torch_device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.torch_device)
-        else:
-            self._rss.reset()
+            return True
+        return False
 
-    def peak_memory_mb(self) -> float:
-        if self.torch_device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.torch_device) / 2**20
-        peak = self._rss.peak_mb()
-        self._rss.stop()
-        return peak
+    def _device_peak_mb(self) -> float | None:
+        if self.torch_device.type != "cuda":
+            return None
+        return torch.cuda.max_memory_allocated(self.torch_device) / 2**20
 
     def versions(self) -> dict[str, str]:
         import transformers
