@@ -38,6 +38,10 @@ class EngineBase(abc.ABC):
         self.dtype_name = dtype
         self._rss = PeakRssSampler()
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> EngineBase:
+        # One engine per run: hooks that hold it (caches) share it when a component is copied.
+        return self
+
     # ----------------------------------------------------------------- components
     def load_component(self, spec: ComponentSpec, weights_dir: str | None, *, seed: int) -> Any:
         """Load `spec` from its folder in `weights_dir`, or build it with random weights when None.
@@ -148,9 +152,12 @@ class EngineBase(abc.ABC):
         """Module with is_linear(m), fuse(linears) -> (holder, parts), split(holder) -> linears."""
 
     @abc.abstractmethod
-    def select_attention(self, component: Any, kernel: str, dry_run: bool = False) -> tuple[str | None, dict[str, Any]]:
-        """Make `component` use the `kernel` attention ("auto", "flash", "efficient", "cudnn", "math");
-        return (None, what was chosen) or (why it cannot, {}). dry_run: only answer whether it can."""
+    def select_attention(
+        self, component: Any, kernel: str, changes: Any, dry_run: bool = False
+    ) -> tuple[str | None, dict[str, Any]]:
+        """Make `component` use the `kernel` attention ("auto", "flash", "efficient", "cudnn", "math"),
+        recording each change in `changes` (a runner.pass_base.Changes journal); return (None, what was
+        chosen) or (why it cannot, {}). dry_run: only answer whether it can."""
 
     # ----------------------------------------------------------------- measurement
     @abc.abstractmethod

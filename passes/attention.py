@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from passes.base import Pass, PassContext
 from runner.errors import ConfigError
+from runner.pass_base import Pass, PassContext
 
 KERNELS = ("auto", "flash", "efficient", "cudnn", "math")
 
@@ -33,9 +33,9 @@ class AttentionKernel(Pass):
         super().__init__(kernel=kernel)
 
     def check(self, component: Any, ctx: PassContext) -> str | None:
-        reason, _ = ctx.engine.select_attention(component, self.options["kernel"], dry_run=True)
+        reason, _ = ctx.engine.select_attention(component, self.options["kernel"], ctx.changes, dry_run=True)
         return reason
 
-    def apply(self, component: Any, ctx: PassContext) -> tuple[Any, dict[str, Any]]:
-        _, details = ctx.engine.select_attention(component, self.options["kernel"])
-        return details.pop("component", component), details
+    def apply(self, component: Any, ctx: PassContext) -> dict[str, Any]:
+        _, details = ctx.engine.select_attention(component, self.options["kernel"], ctx.changes)
+        return details

@@ -5,7 +5,8 @@ Changes: each call is split into rows; a row is served from the cache when its k
 distinct missing rows are encoded together in one call. The key is (this encoder, a version of its
 weights that changes when they are edited in place, the token ids, which outputs were asked for, the
 dtype): token ids stand for the tokenizer and the (negative) prompt. A batch of repeated prompts thus
-encodes each distinct prompt once. Hits and misses go to report.json.
+encodes each distinct prompt once. Hits and misses go to report.json. The cache is a hook on the
+encoder's call: the stages still call the encoder module itself.
 
 Cached entries keep the encoder's main outputs and its last two hidden states (the stages read the
 last or the penultimate layer). Measured on a 2-core CPU with a repeated prompt: prompt encoding
@@ -18,7 +19,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from passes.base import Pass, PassContext
+from runner.hooks import ModelHook
+from runner.pass_base import Pass, PassContext
 
 
 def _weights_version(module: Any) -> int:
@@ -40,29 +42,28 @@ class EncoderOutput:
         return self._outputs[index]
 
 
-class CachedTextEncoder:
-    def __init__(self, encoder: Any, engine: Any, size: int) -> None:
-        self._encoder, self._engine, self._size = encoder, engine, size
+class TextEmbeddingCacheHook(ModelHook):
+    def __init__(self, engine: Any, size: int) -> None:
+        self._engine, self.size = engine, size
         self._entries: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
         self.hits = self.misses = 0
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._encoder, name)
-
-    def __call__(self, input_ids: Any, output_hidden_states: bool = False, **kwargs: Any) -> EncoderOutput:
+    def new_forward(
+        self, module: Any, call: Any, input_ids: Any, output_hidden_states: bool = False, **kwargs: Any
+    ) -> Any:
         if kwargs:  # attention masks and other inputs change the result: not cached
-            return self._encoder(input_ids, output_hidden_states=output_hidden_states, **kwargs)
-        prefix = (_weights_version(self._encoder), bool(output_hidden_states), str(self._encoder.dtype))
+            return call(input_ids, output_hidden_states=output_hidden_states, **kwargs)
+        prefix = (_weights_version(module), bool(output_hidden_states), str(module.dtype))
         keys = [(*prefix, tuple(row)) for row in input_ids.tolist()]
         missing = list(dict.fromkeys(k for k in keys if k not in self._entries))
         self.misses += len(missing)
         self.hits += len(keys) - len(missing)
         if missing:
-            self._encode([keys.index(k) for k in missing], missing, input_ids, output_hidden_states)
+            self._encode(call, [keys.index(k) for k in missing], missing, input_ids, output_hidden_states)
         rows = [self._entries[k] for k in keys]
         for key in keys:
             self._entries.move_to_end(key)
-        while len(self._entries) > self._size:
+        while len(self._entries) > self.size:
             self._entries.popitem(last=False)
         cat = self._engine.cat
         outputs = [cat([row["outputs"][i] for row in rows]) for i in range(len(rows[0]["outputs"]))]
@@ -71,15 +72,20 @@ class CachedTextEncoder:
             hidden = tuple(cat([row["hidden"][i] for row in rows]) for i in range(2))
         return EncoderOutput(outputs, hidden)
 
-    def _encode(self, positions: list[int], keys: list[tuple], input_ids: Any, output_hidden_states: bool) -> None:
+    def _encode(
+        self, call: Any, positions: list[int], keys: list[tuple], input_ids: Any, output_hidden_states: bool
+    ) -> None:
         batch = self._engine.cat([input_ids[i : i + 1] for i in positions])
-        result = self._encoder(batch, output_hidden_states=output_hidden_states)
+        result = call(batch, output_hidden_states=output_hidden_states)
         main = [result[i] for i in range(2) if _has_index(result, i)]
         for j, key in enumerate(keys):
             entry = {"outputs": [t[j : j + 1] for t in main]}
             if output_hidden_states:
                 entry["hidden"] = tuple(h[j : j + 1] for h in result.hidden_states[-2:])
             self._entries[key] = entry
+
+    def deinitialize(self, module: Any) -> None:
+        self._entries.clear()
 
 
 def _has_index(result: Any, index: int) -> bool:
@@ -100,7 +106,7 @@ class TextEmbeddingCache(Pass):
 
     def __init__(self, size: int = 64) -> None:
         super().__init__(size=size)
-        self.wrappers: list[CachedTextEncoder] = []
+        self.hooks: list[TextEmbeddingCacheHook] = []
 
     def check(self, component: Any, ctx: PassContext) -> str | None:
         config = getattr(component, "config", None)
@@ -108,12 +114,12 @@ class TextEmbeddingCache(Pass):
             return "not a text encoder"
         return None
 
-    def apply(self, component: Any, ctx: PassContext) -> tuple[Any, dict[str, Any]]:
-        wrapper = CachedTextEncoder(component, ctx.engine, int(self.options["size"]))
-        self.wrappers.append(wrapper)
-        return wrapper, {"size": wrapper._size}
+    def apply(self, component: Any, ctx: PassContext) -> dict[str, Any]:
+        hook = TextEmbeddingCacheHook(ctx.engine, int(self.options["size"]))
+        self.hooks.append(ctx.changes.register_hook(component, self.name, hook))
+        return {"size": hook.size}
 
     def stats(self) -> dict[str, Any]:
-        if not self.wrappers:
+        if not self.hooks:
             return {}
-        return {"hits": sum(w.hits for w in self.wrappers), "misses": sum(w.misses for w in self.wrappers)}
+        return {"hits": sum(h.hits for h in self.hooks), "misses": sum(h.misses for h in self.hooks)}

@@ -56,7 +56,7 @@ def _hydra_entry(cfg: DictConfig) -> dict | None:
 
 def main() -> None:
     if sys.argv[1:] == ["passes.list"]:
-        from passes.listing import pass_table
+        from runner.pass_manager import pass_table
 
         print(pass_table())
         return

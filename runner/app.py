@@ -5,25 +5,70 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from passes.manager import apply_passes, wrap_verification
+from runner import registry
 from runner.executor import Execution, execute
 from runner.files import write_json_atomic
 from runner.graph import RunContext
+from runner.hooks import hooks_in
 from runner.images import save_png
+from runner.pass_base import Pass
+from runner.pass_manager import PassReport, apply_passes, instantiate, remove_passes
 from runner.plan import RunPlan, describe_plan, plan_run
 from runner.report import REPORT_NAME, build_report
 from runner.scheduling import make_checked_scheduler
 from runner.schema import to_plain
+from runner.verify import install_verification
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class BuiltPipeline:
+    """What building a plan produces: the engine, the backend, the loaded (and optimized) components and
+    the pass report. The plan stays as it was; generating images reads both."""
+
+    plan: RunPlan
+    engine: Any
+    backend: Any
+    components: dict[str, Any]
+    load_ms: float
+    passes: list[Pass] = field(default_factory=list)
+    pass_report: PassReport | None = None
+
+    def generate(self) -> Execution:
+        return generate(self.plan, self.engine, self.components)
+
+    def remove_passes(self, names: list[str] | None = None) -> list[str]:
+        """Undo applied passes (all when None); the components compute what they did before them."""
+        return remove_passes(self.pass_report, names) if self.pass_report else []
+
+    def passes_report(self) -> dict[str, Any]:
+        if self.pass_report is None:
+            return {"order": [], "applied": []}
+        return self.pass_report.as_dict(self.passes)
+
+    def components_report(self) -> dict[str, Any]:
+        """Per component: the passes applied to it and the hooks on it and its submodules, in order."""
+        report = {}
+        for role, component in self.components.items():
+            passes = self.pass_report.passes_on(role) if self.pass_report else []
+            hooks = hooks_in(component)
+            if passes or hooks:
+                report[role] = {"passes": passes, "hooks": hooks}
+        return report
+
+
+def create_engine(plan: RunPlan) -> Any:
+    return registry.resolve("engine", plan.backend.engine)(device=plan.device, dtype=plan.precision.dtype)
+
+
 def load_components(plan: RunPlan, engine: Any) -> dict[str, Any]:
     """Every model component plus the scheduler, from the weights directory or at random."""
-    scheduler = make_checked_scheduler(plan, engine)
+    scheduler = make_checked_scheduler(plan.scheduler, plan.settings.steps, engine)
     weights = str(plan.weights_dir) if plan.weights_dir else None
     components = {
         role: engine.load_component(spec, weights, seed=plan.model.init_seed)
@@ -33,27 +78,33 @@ def load_components(plan: RunPlan, engine: Any) -> dict[str, Any]:
     return components
 
 
-def optimize(plan: RunPlan, engine: Any, components: dict[str, Any]) -> dict[str, Any]:
-    """Apply the planned passes, then the backend; with verify, wrap changed components in checks."""
-    components, plan.pass_report, snapshots = apply_passes(plan.passes, dict(components), engine, plan.verify)
-    components = plan.backend.prepare(components, engine)
-    if snapshots:
-        components = wrap_verification(components, snapshots, plan.precision.dtype, plan.pass_report)
-    return components
-
-
-def build_pipeline(plan: RunPlan) -> tuple[Any, dict[str, Any], float]:
-    """Create the engine and its components; return (engine, components, load milliseconds)."""
-    engine = plan.engine_cls(device=plan.device, dtype=plan.precision.dtype)
+def load_pipeline(plan: RunPlan) -> BuiltPipeline:
+    """The engine and the eager components (no passes, no backend yet), with the loading time."""
+    engine = create_engine(plan)
     start = time.perf_counter()
-    components = optimize(plan, engine, load_components(plan, engine))
-    return engine, components, (time.perf_counter() - start) * 1e3
+    components = load_components(plan, engine)
+    backend = registry.resolve("backend", plan.backend.name)(spec=plan.backend)
+    return BuiltPipeline(plan, engine, backend, components, load_ms=(time.perf_counter() - start) * 1e3)
 
 
-def passes_report(plan: RunPlan) -> dict[str, Any]:
-    if plan.pass_report is None:
-        return {"order": [], "applied": []}
-    return plan.pass_report.as_dict(plan.passes.passes)
+def optimize(built: BuiltPipeline) -> None:
+    """Apply the planned passes, then the backend, in place; with verify, hook checks onto changed components."""
+    plan = built.plan
+    start = time.perf_counter()
+    built.passes = [instantiate(choice) for choice in plan.passes]
+    outcome = apply_passes(built.passes, built.components, built.engine, plan.verify)
+    built.pass_report = outcome.report
+    built.backend.prepare(built.components, built.engine)
+    if outcome.snapshots:
+        install_verification(built.components, outcome.snapshots, plan.precision.dtype, outcome.report.verified)
+    built.load_ms += (time.perf_counter() - start) * 1e3
+
+
+def build_pipeline(plan: RunPlan) -> BuiltPipeline:
+    """Create the engine, load the components, apply passes and backend: ready to generate."""
+    built = load_pipeline(plan)
+    optimize(built)
+    return built
 
 
 def generate(plan: RunPlan, engine: Any, components: Mapping[str, Any]) -> Execution:
@@ -91,10 +142,9 @@ def write_outputs(plan: RunPlan, execution: Execution, output_dir: Path) -> list
     return names
 
 
-def job_report(
-    cfg: Mapping[str, Any], plan: RunPlan, engine: Any, execution: Execution, load_ms: float, output_dir: Path
-) -> dict[str, Any]:
+def job_report(cfg: Mapping[str, Any], built: BuiltPipeline, execution: Execution, output_dir: Path) -> dict[str, Any]:
     """Write the images of `execution` and return the report of the job (not yet written)."""
+    plan = built.plan
     images = write_outputs(plan, execution, output_dir)
     report = build_report(
         images=images,
@@ -102,21 +152,21 @@ def job_report(
         step_ms=execution.step_ms,
         num_images=plan.settings.num_images,
         peak_memory_mb=execution.peak_memory_mb,
-        load_ms=load_ms,
+        load_ms=built.load_ms,
         run=describe_plan(plan),
-        backend=plan.backend.describe(),
+        backend=built.backend.describe(),
         config=to_plain(cfg),
-        engine_versions=engine.versions(),
+        engine_versions=built.engine.versions(),
     )
-    report["passes"] = passes_report(plan)
+    report["passes"] = built.passes_report()
+    report["components"] = built.components_report()
     return report
 
 
 def run_job(cfg: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
     """Run one configured job end to end; return the report (also written to output_dir/report.json)."""
-    plan = plan_run(cfg)
-    engine, components, load_ms = build_pipeline(plan)
-    report = job_report(cfg, plan, engine, generate(plan, engine, components), load_ms, output_dir)
+    built = build_pipeline(plan_run(cfg))
+    report = job_report(cfg, built, built.generate(), output_dir)
     write_json_atomic(output_dir / REPORT_NAME, report)
     log.info("wrote %d image(s) and %s to %s", len(report["images"]), REPORT_NAME, output_dir)
     return report

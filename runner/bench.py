@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.app import generate, job_report, load_components, optimize
+from runner.app import BuiltPipeline, job_report, load_pipeline, optimize
 from runner.errors import ConfigError, RunnerError
 from runner.executor import execute
 from runner.files import write_json_atomic
@@ -46,10 +46,11 @@ def parse_bench(node: Any) -> BenchSettings:
     return BenchSettings(warmup=warmup, repeats=repeats, reference=bool(raw.get("reference", True)))
 
 
-def measure_runner(plan: RunPlan, engine: Any, components: Mapping[str, Any], bench: BenchSettings) -> dict:
+def measure_runner(built: BuiltPipeline, bench: BenchSettings) -> dict:
+    plan = built.plan
     for _ in range(bench.warmup):
-        generate(plan, engine, components)
-    runs = [generate(plan, engine, components) for _ in range(bench.repeats)]
+        built.generate()
+    runs = [built.generate() for _ in range(bench.repeats)]
     totals = [sum(run.stage_ms.values()) for run in runs]
     # Each run's first step is left out, as it must be for the stock pipeline (whose first step cannot
     # be timed from outside), so both sides sample the same steps; a 1-step run keeps it.
@@ -148,16 +149,14 @@ def measure_reference(plan: RunPlan, engine: Any, eager: Mapping[str, Any], benc
 def run_bench(cfg: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
     bench = parse_bench(cfg["mode"])
     plan = plan_run(cfg)
-    engine = plan.engine_cls(device=plan.device, dtype=plan.precision.dtype)
-    start = time.perf_counter()
-    eager = load_components(plan, engine)
-    load_ms = (time.perf_counter() - start) * 1e3
-    # Unoptimized components first: FLOPs, then the stock pipeline; passes change modules in place.
-    flops = count_denoiser_flops(plan, engine, eager)
-    reference = measure_reference(plan, engine, eager, bench) if bench.reference else None
-    runner = measure_runner(plan, engine, optimize(plan, engine, eager), bench)
+    built = load_pipeline(plan)
+    # Unoptimized components first: FLOPs, then the stock pipeline; passes and backends change modules in place.
+    flops = count_denoiser_flops(plan, built.engine, built.components)
+    reference = measure_reference(plan, built.engine, built.components, bench) if bench.reference else None
+    optimize(built)
+    runner = measure_runner(built, bench)
     last = dataclasses.replace(runner.pop("last_run"), peak_memory_mb=runner["peak_memory_mb"])
-    report = job_report(cfg, plan, engine, last, load_ms, output_dir)
+    report = job_report(cfg, built, last, output_dir)
     report["bench"] = bench_section(bench, runner, flops, reference)
     write_json_atomic(output_dir / REPORT_NAME, report)
     print(bench_table(report), flush=True)

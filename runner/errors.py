@@ -33,3 +33,9 @@ class VerificationError(RunnerError):
     """An optimized path produced results outside the tolerance of the eager reference."""
 
     exit_code = 3
+
+
+class PassError(RunnerError):
+    """An optimization pass failed while being applied (names the passes applied before it)."""
+
+    exit_code = 1

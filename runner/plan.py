@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from passes.manager import plan_passes
 from runner import registry
 from runner.graph import Stage, build_graph
+from runner.pass_manager import PassChoice, plan_passes
 from runner.scheduling import SchedulerChoice, choose_scheduler
 from runner.schema import (
     BackendSpec,
@@ -34,22 +34,22 @@ from runner.weights import check_weights_dir
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunPlan:
+    """The validated decisions of one run. Building it (runner.app) produces the engine, components and
+    pass report in a separate object; nothing is ever written back into the plan."""
+
     model: ModelSpec
     settings: RunSettings
     scheduler: SchedulerChoice
-    backend_spec: BackendSpec
+    backend: BackendSpec
     precision: PrecisionSpec
     weights_dir: Path | None
-    pipeline_config: dict[str, Any]
-    stages: list[Stage]
-    passes: Any = None  # passes.manager.PassPlan
-    verify: bool = False
-    backend: Any = None
-    device: str = ""
-    engine_cls: Any = None
-    pass_report: Any = None  # filled when the passes are applied
+    pipeline_config: Mapping[str, Any]
+    stages: tuple[Stage, ...]
+    passes: tuple[PassChoice, ...]
+    verify: bool
+    device: str | None  # None only when planned with check_capabilities=False
 
 
 def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan:
@@ -65,31 +65,27 @@ def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan
         log.warning(
             "model=%s ignores negative_prompt: none of its stages reads it (no classifier-free guidance)", model.name
         )
-    backend_spec = parse_backend(cfg["backend"])
-    plan = RunPlan(
+    backend = parse_backend(cfg["backend"])
+    precision = parse_precision(cfg["precision"])
+    return RunPlan(
         model=model,
         settings=settings,
         scheduler=scheduler,
-        backend_spec=backend_spec,
-        precision=parse_precision(cfg["precision"]),
+        backend=backend,
+        precision=precision,
         weights_dir=weights_dir,
         pipeline_config=pipeline_config,
-        stages=stages,
-        passes=plan_passes(to_plain(cfg.get("passes")), backend_spec.engine),
+        stages=tuple(stages),
+        passes=plan_passes(to_plain(cfg.get("passes")), backend.engine),
         verify=bool(cfg.get("verify", False)),
+        device=check_backend(backend, precision) if check_capabilities else None,
     )
-    if check_capabilities:
-        check_backend(plan)
-    return plan
 
 
-def check_backend(plan: RunPlan) -> None:
-    """Resolve the backend and engine classes and run their capability checks (imports the engine)."""
-    spec = plan.backend_spec
-    backend_cls = registry.resolve("backend", spec.name)
-    plan.engine_cls = registry.resolve("engine", spec.engine)
-    plan.backend = backend_cls(spec=spec)
-    plan.device = plan.backend.check(plan.precision)
+def check_backend(spec: BackendSpec, precision: PrecisionSpec) -> str:
+    """Run the backend's capability checks (imports the engine); return the device the run will use."""
+    registry.resolve("engine", spec.engine)
+    return registry.resolve("backend", spec.name)(spec=spec).check(precision)
 
 
 def describe_plan(plan: RunPlan) -> dict[str, Any]:
@@ -98,7 +94,7 @@ def describe_plan(plan: RunPlan) -> dict[str, Any]:
     return {
         "model": plan.model.name,
         "weights": str(plan.weights_dir) if plan.weights_dir else "random",
-        "backend": plan.backend_spec.name,
+        "backend": plan.backend.name,
         "device": plan.device,
         "precision": plan.precision.name,
         "scheduler": plan.scheduler.choice,

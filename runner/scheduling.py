@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -13,9 +13,6 @@ from runner.conf_index import group_options
 from runner.errors import ConfigError
 from runner.schema import ModelSpec
 from runner.weights import scheduler_config_from
-
-if TYPE_CHECKING:
-    from runner.plan import RunPlan
 
 KIND_NAMES = {
     "discrete": "a discrete-time noise/v-prediction sampler",
@@ -54,17 +51,16 @@ def step_kwargs_for(scheduler: Any, generator: Any) -> dict[str, Any]:
     return {"generator": generator} if "generator" in accepts else {}
 
 
-def make_checked_scheduler(plan: RunPlan, engine: Any) -> Any:
+def make_checked_scheduler(choice: SchedulerChoice, steps: int, engine: Any) -> Any:
     """Build the scheduler and run it for a few steps on a 1x1 latent, before any weights load.
 
     A sampler that is broken on the installed engine version (ppdiffusers 0.29's UniPC corrector mixes
     float32 and float64 in paddle.linalg.solve, for instance) fails here with a one-line error
     instead of after minutes of loading and denoising.
     """
-    choice = plan.scheduler
     try:
         probe = engine.make_scheduler(choice.class_name, choice.config)
-        steps = min(plan.settings.steps, 4)
+        steps = min(steps, 4)
         if getattr(probe.config, "use_dynamic_shifting", False):
             # Resolution-shifted flow matching takes sigmas and a shift (mu) instead of a step count.
             probe.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=1.0)

@@ -40,9 +40,14 @@ class Backend(abc.ABC):
     def dtype_reason(self, device: str) -> str:
         return "the engine has no kernels for it there"
 
-    def prepare(self, components: Mapping[str, Any], engine: Any) -> dict[str, Any]:
-        """Turn eager components into what this backend runs (compiled, exported...). Default: eager."""
-        return dict(components)
+    def prepare(self, components: Mapping[str, Any], engine: Any) -> None:
+        """Make the components run the way this backend runs them (compiled, exported...), in place, with
+        hooks (runner.hooks) on the `compile` roles. Default: eager, nothing to do."""
+        return None
+
+    def compile_roles(self, components: Mapping[str, Any]) -> list[str]:
+        """The configured `compile` roles this model has (denoisers: unet or transformer)."""
+        return [role for role in self.spec.options.get("compile", []) if role in components]
 
     def describe(self) -> dict[str, Any]:
         """Backend facts for report.json."""

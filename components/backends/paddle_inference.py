@@ -1,7 +1,8 @@
 """Paddle Inference backends: `paddle_inference` (CPU with oneDNN, or GPU) and `tensorrt`.
 
-The denoiser (the `compile` roles) runs through exported static programs and inference predictors;
-text encoders and the VAE stay eager (they run once per image, the denoiser once per step).
+The denoiser (the `compile` roles) runs through exported static programs and inference predictors, from
+a hook on its call (the module stays itself); text encoders and the VAE stay eager (they run once per
+image, the denoiser once per step).
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from components.backends.paddle_device import PaddleDeviceBackend
+from runner.hooks import register_hook
 
 
 class PaddleInferenceBackend(PaddleDeviceBackend):
-    def prepare(self, components: Mapping[str, Any], engine: Any) -> dict[str, Any]:
-        from components.paddle.inference import InferenceModule, InferenceOptions, default_cache_dir
+    def prepare(self, components: Mapping[str, Any], engine: Any) -> None:
+        from components.paddle.inference import HOOK_NAME, InferenceHook, InferenceOptions, default_cache_dir
 
         o = self.spec.options
         options = InferenceOptions(
@@ -27,11 +29,8 @@ class PaddleInferenceBackend(PaddleDeviceBackend):
             workspace_mb=int(o.get("workspace_mb", 4096)),
             min_subgraph_size=int(o.get("min_subgraph_size", 3)),
         )
-        prepared = dict(components)
-        for role in o.get("compile", []):
-            if role in prepared:
-                prepared[role] = InferenceModule(prepared[role], options)
-        return prepared
+        for role in self.compile_roles(components):
+            register_hook(components[role], HOOK_NAME, InferenceHook(options))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "compiled": list(self.spec.options.get("compile", []))}

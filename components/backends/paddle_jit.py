@@ -1,9 +1,10 @@
 """Paddle dynamic-to-static compilation of the denoiser: `paddle_jit` (any device) and `cinn`.
 
-`paddle.jit.to_static(layer, full_graph=True)` traces the denoiser into one static program per input
-signature (first call per shape pays the trace: ~12 s for the tiny SDXL UNet on a 2-core CPU), which
-Paddle's executor then runs without Python overhead. With `backend: CINN` the program is compiled by
-the CINN compiler (operator fusion, generated kernels); that needs a CUDA build compiled with CINN.
+`paddle.jit.to_static(layer.forward, full_graph=True)`, run by a hook on the layer, traces the
+denoiser into one static program per input signature (first call per shape pays the trace: ~12 s for
+the tiny SDXL UNet on a 2-core CPU), which Paddle's executor then runs without Python overhead.
+With `backend: CINN` the program is compiled by the CINN compiler (operator fusion, generated
+kernels); that needs a CUDA build compiled with CINN.
 Full-graph mode is used because SOT mode re-traced on every Python-level branch (34 s first call) and
 was slower than eager on the CPU measurements behind this choice.
 """
@@ -15,19 +16,43 @@ from typing import Any
 
 from components.backends.paddle_device import PaddleDeviceBackend
 from components.paddle import runtime
+from runner.hooks import HookRegistry, ModelHook, register_hook
+
+HOOK_NAME = "paddle_jit"
+
+
+class PaddleStaticHook(ModelHook):
+    """Runs the module's call as a static program: `paddle.jit.to_static` of the module's own method,
+    traced per input signature on first use. Registered first on its module (nothing below it), as
+    Paddle's converter traces the method's source, not a hook chain."""
+
+    def __init__(self, compiler: str | None) -> None:
+        self.compiler = compiler
+        self._static: Any = None
+
+    def initialize(self, module: Any) -> None:
+        registry = HookRegistry.of(module)
+        if registry.names():
+            raise ValueError(
+                f"{HOOK_NAME} must be the first hook on {type(module).__name__}: it has {registry.names()}"
+            )
+        paddle = runtime.import_paddle()
+        self._static = paddle.jit.to_static(registry.original(), full_graph=True, backend=self.compiler)
+
+    def new_forward(self, module: Any, call: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._static(*args, **kwargs)
+
+    def deinitialize(self, module: Any) -> None:
+        self._static = None
 
 
 class PaddleJitBackend(PaddleDeviceBackend):
     """Eager Paddle for everything, the `compile` roles (denoisers) converted to static graphs."""
 
-    def prepare(self, components: Mapping[str, Any], engine: Any) -> dict[str, Any]:
-        paddle = runtime.import_paddle()
+    def prepare(self, components: Mapping[str, Any], engine: Any) -> None:
         compiler = self.spec.options.get("compiler")  # None: Paddle's executor; "CINN": the CINN compiler
-        prepared = dict(components)
-        for role in self.spec.options.get("compile", []):
-            if role in prepared:
-                prepared[role] = paddle.jit.to_static(prepared[role], full_graph=True, backend=compiler)
-        return prepared
+        for role in self.compile_roles(components):
+            register_hook(components[role], HOOK_NAME, PaddleStaticHook(compiler))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "compiled": list(self.spec.options.get("compile", []))}

@@ -1,7 +1,8 @@
 """PyTorch backends: `torch` (eager; CUDA when present, else CPU) and `inductor` (torch.compile).
 
-`inductor` compiles the `compile` roles (the denoiser) with torch.compile; compilation happens on the
-first call of each input shape, so the first call's time is reported separately as compile time.
+`inductor` compiles the `compile` roles (the denoiser) with torch.compile, as a hook on the module's
+call (the module stays itself); compilation happens on the first call of each input shape, so the
+first call's time is reported separately as compile time.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any
 from components.backends.base import Backend
 from components.torch import runtime
 from runner.errors import CapabilityError
+from runner.hooks import ModelHook, register_hook
 
 ALL_DTYPES = ("float32", "float16", "bfloat16")
+HOOK_NAME = "inductor"
 
 
 class TorchBackend(Backend):
@@ -48,22 +51,25 @@ class TorchBackend(Backend):
         return "this GPU has no bfloat16 support (compute capability below 8.0)"
 
 
-class TimedFirstCall:
-    """Wraps a compiled module: records how long its first call took (compilation + one run)."""
+class TorchCompileHook(ModelHook):
+    """Runs the module's call chain through torch.compile, compiled on first use; the first call's time
+    (compilation plus one run) is recorded. The chain below this hook is what gets compiled, so hooks
+    registered before it (an attention-kernel choice) are traced into the graph, later ones run around it."""
 
-    def __init__(self, module: Any, compiled: Any, synchronize: Any) -> None:
-        self._module, self._compiled, self._synchronize = module, compiled, synchronize
+    def __init__(self, options: Mapping[str, Any], synchronize: Any) -> None:
+        self.options, self.synchronize = dict(options), synchronize
         self.first_call_ms: float | None = None
+        self._source: Any = None
+        self._compiled: Any = None
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._module, name)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def new_forward(self, module: Any, call: Any, *args: Any, **kwargs: Any) -> Any:
+        if call is not self._source:  # the chain below changed (a hook under this one was removed)
+            self._source, self._compiled = call, runtime.import_torch().compile(call, **self.options)
         if self.first_call_ms is not None:
             return self._compiled(*args, **kwargs)
         start = time.perf_counter()
         out = self._compiled(*args, **kwargs)
-        self._synchronize()
+        self.synchronize()
         self.first_call_ms = (time.perf_counter() - start) * 1e3
         return out
 
@@ -74,7 +80,7 @@ class InductorBackend(TorchBackend):
 
     def __init__(self, *, spec: Any) -> None:
         super().__init__(spec=spec)
-        self._compiled: dict[str, TimedFirstCall] = {}
+        self._hooks: dict[str, TorchCompileHook] = {}
 
     def resolve_device(self) -> str:
         device = super().resolve_device()
@@ -83,22 +89,17 @@ class InductorBackend(TorchBackend):
             raise CapabilityError(f"backend={self.spec.name} cannot compile here: {problem}")
         return device
 
-    def prepare(self, components: Mapping[str, Any], engine: Any) -> dict[str, Any]:
-        torch = runtime.import_torch()
+    def prepare(self, components: Mapping[str, Any], engine: Any) -> None:
         o = self.spec.options
-        prepared = dict(components)
-        for role in o.get("compile", []):
-            if role in prepared:
-                module = prepared[role]
-                compiled = torch.compile(
-                    module,
-                    mode=o.get("mode") or None,
-                    fullgraph=bool(o.get("fullgraph", False)),
-                    dynamic=o.get("dynamic"),
-                )
-                prepared[role] = self._compiled[role] = TimedFirstCall(module, compiled, engine.synchronize)
-        return prepared
+        options = {
+            "mode": o.get("mode") or None,
+            "fullgraph": bool(o.get("fullgraph", False)),
+            "dynamic": o.get("dynamic"),
+        }
+        for role in self.compile_roles(components):
+            hook = TorchCompileHook(options, engine.synchronize)
+            self._hooks[role] = register_hook(components[role], HOOK_NAME, hook)
 
     def describe(self) -> dict[str, Any]:
-        first = {role: round(m.first_call_ms, 1) for role, m in self._compiled.items() if m.first_call_ms is not None}
+        first = {role: round(h.first_call_ms, 1) for role, h in self._hooks.items() if h.first_call_ms is not None}
         return {**super().describe(), "first_call_ms": first}

@@ -10,7 +10,7 @@ import paddle
 from components.paddle.flux.attention import FluxAttention
 
 
-def select_attention(component: Any, kernel: str, device: str, dry_run: bool) -> tuple[str | None, dict]:
+def select_attention(component: Any, kernel: str, device: str, changes: Any, dry_run: bool) -> tuple[str | None, dict]:
     flux_layers = [m for m in component.sublayers() if isinstance(m, FluxAttention)]
     has_processors = hasattr(component, "set_attn_processor") and bool(getattr(component, "attn_processors", None))
     if not flux_layers and not has_processors:
@@ -24,8 +24,10 @@ def select_attention(component: Any, kernel: str, device: str, dry_run: bool) ->
     if dry_run:
         return None, {}
     for layer in flux_layers:
-        layer.kernel = "math" if choice == "math" else "auto"
+        changes.set_attribute(layer, "kernel", "math" if choice == "math" else "auto")
     if has_processors and fused:
+        processors = dict(component.attn_processors)  # restored exactly when the pass is removed
+        changes.on_undo(lambda: component.set_attn_processor(processors))
         # ppdiffusers' switch between its fused kernels ("flash", "cutlass" = memory-efficient) and math.
         component.set_use_memory_efficient_attention_xformers(
             choice != "math", attention_op={"flash": "flash", "efficient": "cutlass"}.get(choice)

@@ -134,10 +134,12 @@ class PaddleEngine(EngineBase):
 
         return fusion
 
-    def select_attention(self, component: Any, kernel: str, dry_run: bool = False) -> tuple[str | None, dict]:
+    def select_attention(
+        self, component: Any, kernel: str, changes: Any, dry_run: bool = False
+    ) -> tuple[str | None, dict]:
         from components.paddle.attention import select_attention
 
-        return select_attention(component, kernel, self.device, dry_run)
+        return select_attention(component, kernel, self.device, changes, dry_run)
 
     # ----------------------------------------------------------------- runtime
     def inference_mode(self) -> contextlib.AbstractContextManager[None]:

@@ -1,10 +1,9 @@
 """Run a Paddle layer through Paddle Inference: exported once per input signature, cached on disk.
 
-`InferenceModule` stands in for a denoiser: the first call with a new input signature (shapes, dtypes,
+`InferenceHook` runs a denoiser's calls: the first call with a new input signature (shapes, dtypes,
 keyword structure) traces the layer with `paddle.jit.to_static`, saves the program under a cache key
 that includes a digest of the weights, and builds a predictor; later calls (and later runs) reuse it.
-Attributes such as `.config` and `.dtype` are read from the wrapped layer, so stages cannot tell it
-from the eager module.
+It is a hook on the layer's call, so the stages still hold the layer itself.
 
 Two facts measured on Paddle 3.3.1 CPU shape the oneDNN path:
 - oneDNN cannot run `nearest_interp` under PIR, so the 2x nearest upsample is exported as
@@ -26,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from components.paddle.runtime import import_paddle
+from runner.hooks import HookRegistry, ModelHook
 
 paddle = import_paddle()
+HOOK_NAME = "paddle_inference"
 
 
 @dataclass(frozen=True)
@@ -131,24 +132,30 @@ def onednn_friendly_upsample() -> Iterator[None]:
         functional.interpolate = original
 
 
-class InferenceModule:
-    """A layer run by Paddle Inference predictors, one per input signature."""
+class InferenceHook(ModelHook):
+    """Runs the hooked layer's calls with Paddle Inference predictors, one per input signature."""
 
-    def __init__(self, layer: Any, options: InferenceOptions) -> None:
-        self._layer = layer
+    def __init__(self, options: InferenceOptions) -> None:
         self._options = options
+        self._layer: Any = None
         self._digest: str | None = None
         self._predictors: dict[tuple, Any] = {}
         self.exports: list[str] = []
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._layer, name)
+    def initialize(self, module: Any) -> None:
+        self._layer = module
 
-    def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any]:
+    def deinitialize(self, module: Any) -> None:
+        self._predictors.clear()
+        self._layer = None
+
+    def new_forward(self, module: Any, call: Any, *args: Any, **kwargs: Any) -> tuple[Any]:
         leaves, structure = flatten_call(args, kwargs)
         predictor = self._predictors.get(structure)
         if predictor is None:
-            predictor = self._predictors[structure] = self._build(structure, leaves)
+            # The export traces the layer as the hooks below this one leave it, not through this hook.
+            with HookRegistry.of(module).only_below(HOOK_NAME):
+                predictor = self._predictors[structure] = self._build(structure, leaves)
         return (self._run(predictor, leaves),)
 
     # ----------------------------------------------------------------- export

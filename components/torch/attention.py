@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
+
+from runner.hooks import ModelHook
 
 BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
 
@@ -22,7 +23,22 @@ def _enabled_backends(device: torch.device) -> dict[str, bool]:
     }
 
 
-def select_attention(component: Any, kernel: str, device: torch.device, dry_run: bool) -> tuple[str | None, dict]:
+class SdpaKernelHook(ModelHook):
+    """Runs the module's call with scaled_dot_product_attention restricted to one backend."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    def new_forward(self, module: Any, call: Any, *args: Any, **kwargs: Any) -> Any:
+        from torch.nn.attention import sdpa_kernel
+
+        with sdpa_kernel([self.backend]):
+            return call(*args, **kwargs)
+
+
+def select_attention(
+    component: Any, kernel: str, device: torch.device, changes: Any, dry_run: bool
+) -> tuple[str | None, dict]:
     processors = getattr(component, "attn_processors", None)
     if not processors:
         return "no attention processors", {}
@@ -36,15 +52,7 @@ def select_attention(component: Any, kernel: str, device: torch.device, dry_run:
         "sdpa_backends_enabled": _enabled_backends(device),
     }
     if kernel != "auto":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.nn.attention import SDPBackend
 
-        backend = getattr(SDPBackend, BACKENDS[kernel])
-        original = component.forward
-
-        @functools.wraps(original)
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            with sdpa_kernel([backend]):
-                return original(*args, **kwargs)
-
-        object.__setattr__(component, "forward", forward)  # instance attribute: Module.__call__ finds it
+        changes.register_hook(component, "attention", SdpaKernelHook(getattr(SDPBackend, BACKENDS[kernel])))
     return None, details

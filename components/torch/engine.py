@@ -158,10 +158,12 @@ class TorchEngine(EngineBase):
 
         return fusion
 
-    def select_attention(self, component: Any, kernel: str, dry_run: bool = False) -> tuple[str | None, dict]:
+    def select_attention(
+        self, component: Any, kernel: str, changes: Any, dry_run: bool = False
+    ) -> tuple[str | None, dict]:
         from components.torch.attention import select_attention
 
-        return select_attention(component, kernel, self.torch_device, dry_run)
+        return select_attention(component, kernel, self.torch_device, changes, dry_run)
 
     # ----------------------------------------------------------------- runtime
     def inference_mode(self) -> contextlib.AbstractContextManager[None]:

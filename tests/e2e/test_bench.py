@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from runner.app import load_components
+from runner.app import load_pipeline
 from runner.bench import count_denoiser_flops, parse_bench
 from runner.errors import ConfigError
 from runner.plan import plan_run
@@ -44,8 +44,8 @@ def test_flop_counts_agree_across_engines(model):
     counts = {}
     for backend in ("paddle", "torch"):
         plan = plan_run(compose_config([f"model={model}", f"backend={backend}", "steps=1", "quiet=true"]))
-        engine = plan.engine_cls(device=plan.device, dtype=plan.precision.dtype)
-        counts[backend] = count_denoiser_flops(plan, engine, load_components(plan, engine))["flops_per_call"]
+        built = load_pipeline(plan)
+        counts[backend] = count_denoiser_flops(plan, built.engine, built.components)["flops_per_call"]
     assert counts["paddle"] > 0
     assert abs(counts["paddle"] - counts["torch"]) <= 0.01 * counts["torch"], counts
 

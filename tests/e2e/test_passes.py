@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from passes.base import Pass, PassContext
-from passes.manager import PassError, PassPlan, apply_passes, wrap_verification
 from passes.qkv_fusion import QKVFusion, unfuse
-from runner.app import build_pipeline, generate, load_components
-from runner.errors import VerificationError
+from runner.app import build_pipeline, load_pipeline
+from runner.errors import PassError, VerificationError
+from runner.pass_base import Pass, PassContext
+from runner.pass_manager import apply_passes
 from runner.plan import plan_run
+from runner.verify import install_verification
 from tests.support.configs import compose_config
 from tests.support.runs import max_pixel_diff, runner_images
 
@@ -20,16 +21,15 @@ DENOISER = {"tiny_sd3": "transformer", "tiny_flux": "transformer"}
 
 
 def run(overrides: list[str]):
-    plan = plan_run(compose_config([*overrides, "quiet=true"]))
-    engine, components, _ = build_pipeline(plan)
-    return plan, engine, components, generate(plan, engine, components).state["images"]
+    built = build_pipeline(plan_run(compose_config([*overrides, "quiet=true"])))
+    return built, built.generate().state["images"]
 
 
 @pytest.mark.parametrize("backend", ["paddle", "torch"])
 @pytest.mark.parametrize("model", MODELS)
 def test_all_passes_verify_on_every_family(model, backend):
-    plan, _, _, images = run([f"model={model}", f"backend={backend}", "passes=all", "verify=true", "steps=2"])
-    report = plan.pass_report.as_dict(plan.passes.passes)
+    built, images = run([f"model={model}", f"backend={backend}", "passes=all", "verify=true", "steps=2"])
+    report = built.passes_report()
     denoiser = DENOISER.get(model, "unet")
     applied = {(d["pass"], d["component"]) for d in report["details"]}
     assert ("qkv_fusion", denoiser) in applied and ("text_embedding_cache", "text_encoder") in applied
@@ -44,9 +44,9 @@ def test_all_passes_verify_on_every_family(model, backend):
 @pytest.mark.parametrize("backend", ["paddle", "torch"])
 @pytest.mark.parametrize("model", ["tiny_sdxl", "tiny_flux"])
 def test_unfuse_restores_bit_identical_weights(model, backend):
-    plan = plan_run(compose_config([f"model={model}", f"backend={backend}", "steps=1"]))
-    engine = plan.engine_cls(device=plan.device, dtype=plan.precision.dtype)
-    module = load_components(plan, engine)[DENOISER.get(model, "unet")]
+    built = load_pipeline(plan_run(compose_config([f"model={model}", f"backend={backend}", "steps=1"])))
+    engine = built.engine
+    module = built.components[DENOISER.get(model, "unet")]
     before = {k: np.array(v.detach().cpu() if hasattr(v, "detach") else v) for k, v in module.state_dict().items()}
     QKVFusion().apply(module, PassContext(engine=engine))
     assert set(module.state_dict()) != set(before), "nothing was fused"
@@ -61,12 +61,12 @@ def test_unfuse_restores_bit_identical_weights(model, backend):
 def test_text_embedding_cache_counts_hits_and_misses(backend):
     prompts = ["prompt=[a red fox,a red fox,a lighthouse]", "negative_prompt=blurry"]
     common = ["model=tiny_sd15", f"backend={backend}", "steps=1", *prompts]
-    plan, engine, components, images = run([*common, "passes=text_embedding_cache"])
-    stats = plan.pass_report.as_dict(plan.passes.passes)["stats"]["text_embedding_cache"]
+    built, images = run([*common, "passes=text_embedding_cache"])
+    stats = built.passes_report()["stats"]["text_embedding_cache"]
     # 3 prompt rows (2 distinct) and 3 negative rows (1 distinct): each distinct text encoded once.
     assert stats == {"hits": 3, "misses": 3}
-    generate(plan, engine, components)
-    assert plan.pass_report.as_dict(plan.passes.passes)["stats"]["text_embedding_cache"] == {"hits": 9, "misses": 3}
+    built.generate()
+    assert built.passes_report()["stats"]["text_embedding_cache"] == {"hits": 9, "misses": 3}
     assert max_pixel_diff(images, runner_images(common)) == 0
 
 
@@ -90,7 +90,7 @@ class Perturb(Pass):
             weight.set_value(weight * 1.5)
         else:
             weight.data.mul_(1.5)
-        return component, {}
+        return {}
 
 
 class Explode(Pass):
@@ -106,20 +106,16 @@ class Explode(Pass):
 
 @pytest.mark.parametrize("backend", ["paddle", "torch"])
 def test_verification_names_the_pass_that_broke_the_output(backend):
-    plan = plan_run(compose_config(["model=tiny_sdxl", f"backend={backend}", "steps=1", "quiet=true"]))
-    engine = plan.engine_cls(device=plan.device, dtype=plan.precision.dtype)
-    passes = PassPlan(passes=[QKVFusion(), Perturb()])
-    components, report, snapshots = apply_passes(passes, load_components(plan, engine), engine, verify=True)
-    components = wrap_verification(components, snapshots, "float32", report)
+    built = load_pipeline(plan_run(compose_config(["model=tiny_sdxl", f"backend={backend}", "steps=1", "quiet=true"])))
+    outcome = apply_passes([QKVFusion(), Perturb()], built.components, built.engine, verify=True)
+    install_verification(built.components, outcome.snapshots, "float32", outcome.report.verified)
     with pytest.raises(VerificationError, match=r"pass perturb changed unet's output by [0-9.e+-]+ \(max abs\), "
                        r"above the float32 bound .*; passes applied before it: qkv_fusion"):  # fmt: skip
-        generate(plan, engine, components)
+        built.generate()
 
 
 def test_a_failing_pass_is_named_with_those_applied_before_it():
-    plan = plan_run(compose_config(["model=tiny_sd15", "steps=1"]))
-    engine = plan.engine_cls(device=plan.device, dtype=plan.precision.dtype)
-    passes = PassPlan(passes=[QKVFusion(), Explode()])
+    built = load_pipeline(plan_run(compose_config(["model=tiny_sd15", "steps=1"])))
     with pytest.raises(PassError, match=r"pass explode failed on component '\w+': RuntimeError: boom; "
                        r"passes applied before it: qkv_fusion"):  # fmt: skip
-        apply_passes(passes, load_components(plan, engine), engine, verify=False)
+        apply_passes([QKVFusion(), Explode()], built.components, built.engine, verify=False)

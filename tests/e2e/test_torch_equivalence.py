@@ -84,10 +84,10 @@ def test_torch_engine_matches_diffusers(tiny_weights, model, scheduler, negative
 
 def test_torch_backend_never_imports_paddle():
     code = (
-        "import sys; from runner.plan import plan_run; from runner.app import build_pipeline, generate;"
+        "import sys; from runner.plan import plan_run; from runner.app import build_pipeline;"
         "from tests.support.configs import compose_config;"
         "plan = plan_run(compose_config(['backend=torch', 'steps=1', 'quiet=true']));"
-        "generate(plan, *build_pipeline(plan)[:2]);"
+        "build_pipeline(plan).generate();"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('paddle', 'ppdiffusers', 'paddlenlp')))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)

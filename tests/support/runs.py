@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runner.app import build_pipeline, generate
+from runner.app import build_pipeline
 from runner.plan import plan_run
 from tests.support.configs import compose_config
 
@@ -20,8 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 def runner_images(overrides: Sequence[str]) -> np.ndarray:
     """uint8 images [N, H, W, 3] from an in-process run with these overrides (no files written)."""
     plan = plan_run(compose_config([*overrides, "quiet=true"]))
-    engine, components, _ = build_pipeline(plan)
-    return generate(plan, engine, components).state["images"]
+    return build_pipeline(plan).generate().state["images"]
 
 
 def run_cli(args: Sequence[str], timeout: float = 300) -> subprocess.CompletedProcess:

@@ -20,8 +20,8 @@ def stock_pipeline_from_random(model_name: str) -> Any:
     from runner.plan import plan_run
 
     plan = plan_run(compose_config([f"model={model_name}", "backend=torch", "backend.device=cpu"]))
-    engine, components, _ = build_pipeline(plan)
-    return engine.stock_pipeline(plan.model.pipeline_classes[0], components)
+    built = build_pipeline(plan)
+    return built.engine.stock_pipeline(plan.model.pipeline_classes[0], built.components)
 
 
 def save_torch_layout(model_name: str, out_dir: Path) -> Path:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from passes.base import Pass
-from passes.manager import order_passes, plan_passes
+from runner import registry
 from runner.errors import ConfigError
+from runner.pass_base import Pass
+from runner.pass_manager import order_passes, plan_passes
 from runner.plan import plan_run
 from tests.support.configs import compose_config
 
@@ -51,25 +52,25 @@ def test_bad_pass_option_is_a_config_error():
 
 
 def test_named_lists_and_shell_lists_compose():
-    assert [p.name for p in plan_passes({}, "torch").passes] == []
+    assert [p.name for p in plan_passes({}, "torch")] == []
     chosen = compose_config(["passes=[text_embedding_cache,qkv_fusion]"]).passes
-    assert [p.name for p in plan_passes(chosen, "paddle").passes] == ["qkv_fusion", "text_embedding_cache"]
-    everything = plan_passes(compose_config(["passes=all"]).passes, "torch").passes
+    assert [p.name for p in plan_passes(chosen, "paddle")] == ["qkv_fusion", "text_embedding_cache"]
+    everything = plan_passes(compose_config(["passes=all"]).passes, "torch")
     assert [p.name for p in everything] == ["qkv_fusion", "attention", "rope_cache", "text_embedding_cache"]
 
 
 def test_default_list_is_per_engine():
     default = compose_config(["passes=default"]).passes
     for engine in ("paddle", "torch"):
-        names = [p.name for p in plan_passes(default, engine).passes]
-        expected = [p.name for p in plan_passes(compose_config(["passes=all"]).passes, engine).passes
-                    if engine in type(p).defaults]  # fmt: skip
+        names = [p.name for p in plan_passes(default, engine)]
+        expected = [p.name for p in plan_passes(compose_config(["passes=all"]).passes, engine)
+                    if engine in registry.resolve("pass", p.name).defaults]  # fmt: skip
         assert names == expected
 
 
 def test_passes_list_command_prints_every_pass(capsys):
-    from passes.listing import pass_table
     from runner import registry
+    from runner.pass_manager import pass_table
 
     table = pass_table()
     for name in registry.names("pass"):

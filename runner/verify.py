@@ -1,0 +1,91 @@
+"""verify=true: compare a transformed component with its eager copies on its first real call.
+
+A `verify` hook on the component's entry methods (its call, and `decode` / `encode` where it has them)
+lets the first call of the run supply the inputs; the copy taken before each pass runs on the same
+inputs, and consecutive outputs are compared, so a failure names the pass that caused it. The copies
+are dropped after the check. Tolerance: runner.pass_base.TOLERANCE for the run's precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from runner.errors import VerificationError
+from runner.hooks import ModelHook, register_hook
+from runner.pass_base import TOLERANCE
+
+HOOK_NAME = "verify"
+ENTRY_METHODS = ("forward", "decode", "encode")  # a VAE is called through decode, not __call__
+
+
+def first_tensor(output: Any) -> Any:
+    """The main output of a model call: the tensor itself, or element 0 of a tuple / model output."""
+    if hasattr(output, "shape"):
+        return output
+    return output[0]
+
+
+def to_array(tensor: Any) -> np.ndarray:
+    value = tensor.detach() if hasattr(tensor, "detach") else tensor
+    if hasattr(value, "float"):
+        value = value.float()
+    elif hasattr(value, "cast"):
+        value = value.cast("float32")
+    if hasattr(value, "cpu"):
+        value = value.cpu()
+    return np.asarray(value.numpy(), dtype=np.float64)
+
+
+def _entry(module: Any, method: str) -> Any:
+    return module if method == "forward" else getattr(module, method)
+
+
+class FirstCallCheck:
+    """Runs once, on whichever entry method is called first, then holds nothing."""
+
+    def __init__(self, role: str, chain: Sequence[tuple[str, Any]], dtype: str, results: list) -> None:
+        self.role, self.chain, self.dtype, self.results = role, list(chain), dtype, results
+
+    def run(self, method: str, args: tuple, kwargs: dict[str, Any], final: Any) -> None:
+        if not self.chain:
+            return
+        chain, self.chain = self.chain, []
+        outputs = [to_array(first_tensor(_entry(copy, method)(*args, **kwargs))) for _, copy in chain]
+        outputs.append(to_array(first_tensor(final)))
+        tolerance = TOLERANCE[self.dtype]
+        for index, (name, _) in enumerate(chain):
+            before, after = outputs[index], outputs[index + 1]
+            error = float(np.abs(after - before).max())
+            bound = tolerance * max(1.0, float(np.abs(before).max()))
+            self.results.append({"pass": name, "component": self.role, "max_abs_error": error, "bound": bound})
+            if not error <= bound:
+                earlier = ", ".join(n for n, _ in chain[:index]) or "none"
+                raise VerificationError(
+                    f"pass {name} changed {self.role}'s output by {error:.3g} (max abs), above the {self.dtype} "
+                    f"bound {bound:.3g}; passes applied before it: {earlier}"
+                )
+
+
+class VerificationHook(ModelHook):
+    def __init__(self, check: FirstCallCheck, method: str) -> None:
+        self.check, self.method = check, method
+
+    def new_forward(self, module: Any, call: Any, *args: Any, **kwargs: Any) -> Any:
+        output = call(*args, **kwargs)
+        self.check.run(self.method, args, kwargs, output)
+        return output
+
+
+def install_verification(
+    components: Mapping[str, Any], snapshots: Mapping[str, list], dtype: str, results: list
+) -> None:
+    """Components changed by passes check themselves on their first call against their eager copies."""
+    for role, chain in snapshots.items():
+        component = components[role]
+        check = FirstCallCheck(role, chain, dtype, results)
+        for method in ENTRY_METHODS:
+            if callable(getattr(component, method, None)):
+                register_hook(component, HOOK_NAME, VerificationHook(check, method), method)
