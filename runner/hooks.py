@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 REGISTRIES_ATTRIBUTE = "_runner_hook_registries"  # module.__dict__ entry: method name -> HookRegistry
-_MISSING = object()
 
 
 class ModelHook:
@@ -82,7 +81,8 @@ class HookRegistry:
             raise AttributeError(f"{type(module).__name__} has no method {method!r} to hook")
         self.module = module
         self.method = method
-        self._previous = vars(module).get(method, _MISSING)  # an instance attribute set before us
+        # An instance attribute set before the first hook (None: the class's method is the original).
+        self._previous = vars(module).get(method)
         self._hooks: dict[str, ModelHook] = {}
         self._links: list[Callable[..., Any]] = [_Original(self)]
 
@@ -110,7 +110,7 @@ class HookRegistry:
 
     def original(self) -> Callable[..., Any]:
         """The method as it was before the first hook."""
-        if self._previous is not _MISSING:
+        if self._previous is not None:
             return self._previous
         return types.MethodType(getattr(type(self.module), self.method), self.module)
 
@@ -152,7 +152,7 @@ class HookRegistry:
         inner = self.inner_call(name)
         if not isinstance(inner, _Original):
             vars(self.module)[self.method] = inner
-        elif self._previous is not _MISSING:
+        elif self._previous is not None:
             vars(self.module)[self.method] = self._previous
         try:
             yield
@@ -165,7 +165,7 @@ class HookRegistry:
             attributes[self.method] = self._links[-1]
             return
         # No hooks left: the method is exactly what it was before the first one.
-        if self._previous is _MISSING:
+        if self._previous is None:
             attributes.pop(self.method, None)
         else:
             attributes[self.method] = self._previous

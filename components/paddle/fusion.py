@@ -24,13 +24,15 @@ def _out_axis(layer: Any) -> int:
     return 1 if isinstance(layer, nn.Linear) else 0
 
 
-def _new_linear(template: Any, in_features: int, out_features: int, has_bias: bool) -> Any:
+def _new_linear(template: Any, in_features: int, out_features: int, has_bias: bool, cls: type | None = None) -> Any:
+    """A Linear like `template` (layout, dtype); of class `cls` when given (a subclass such as
+    ppdiffusers' LoRACompatibleLinear, whose callers pass it an extra scale argument)."""
     previous = paddle.get_default_dtype()
     paddle.set_default_dtype(str(template.weight.dtype).replace("paddle.", ""))
     try:
         if isinstance(template, nn.Linear):
-            return nn.Linear(in_features, out_features, bias_attr=None if has_bias else False)
-        return TorchLayoutLinear(in_features, out_features, bias=has_bias)
+            return (cls or nn.Linear)(in_features, out_features, bias_attr=None if has_bias else False)
+        return (cls or TorchLayoutLinear)(in_features, out_features, bias=has_bias)
     finally:
         paddle.set_default_dtype(previous)
 
@@ -40,10 +42,11 @@ def in_features(layer: Any) -> int:
 
 
 class FusedProjection(nn.Layer):
-    def __init__(self, linear: Any, sizes: list[int]) -> None:
+    def __init__(self, linear: Any, sizes: list[int], classes: list[type]) -> None:
         super().__init__()
         self.linear = linear
         self.sizes = sizes
+        self.classes = classes  # of the fused layers, restored by split
         self._shared = SharedProduct(len(sizes))
 
     def part(self, x: Any, index: int) -> Any:
@@ -70,7 +73,7 @@ def fuse(linears: list[Any]) -> tuple[FusedProjection, list[ProjectionPart]]:
     fused.weight.set_value(paddle.concat([layer.weight for layer in linears], axis=axis))
     if has_bias:
         fused.bias.set_value(paddle.concat([layer.bias for layer in linears], axis=0))
-    holder = FusedProjection(fused, sizes)
+    holder = FusedProjection(fused, sizes, [type(layer) for layer in linears])
     return holder, [ProjectionPart(holder, i) for i in range(len(linears))]
 
 
@@ -80,8 +83,8 @@ def split(holder: FusedProjection) -> list[Any]:
     weights = paddle.split(fused.weight, holder.sizes, axis=axis)
     biases = paddle.split(fused.bias, holder.sizes, axis=0) if fused.bias is not None else [None] * len(holder.sizes)
     layers = []
-    for size, weight, bias in zip(holder.sizes, weights, biases):
-        layer = _new_linear(fused, in_features(fused), size, bias is not None)
+    for size, weight, bias, cls in zip(holder.sizes, weights, biases, holder.classes):
+        layer = _new_linear(fused, in_features(fused), size, bias is not None, cls)
         layer.weight.set_value(weight)
         if bias is not None:
             layer.bias.set_value(bias)

@@ -26,10 +26,11 @@ def in_features(module: nn.Linear) -> int:
 
 
 class FusedProjection(nn.Module):
-    def __init__(self, linear: nn.Linear, sizes: list[int]) -> None:
+    def __init__(self, linear: nn.Linear, sizes: list[int], classes: list[type]) -> None:
         super().__init__()
         self.linear = linear
         self.sizes = sizes
+        self.classes = classes  # of the fused layers (Linear subclasses stay what they were), restored by split
         self._shared = SharedProduct(len(sizes))
 
     def part(self, x: torch.Tensor, index: int) -> torch.Tensor:
@@ -63,7 +64,7 @@ def fuse(linears: list[nn.Linear]) -> tuple[FusedProjection, list[ProjectionPart
         if has_bias:
             fused.bias.copy_(torch.cat([layer.bias for layer in linears], dim=0))
     fused.requires_grad_(False)
-    holder = FusedProjection(fused, sizes)
+    holder = FusedProjection(fused, sizes, [type(layer) for layer in linears])
     return holder, [ProjectionPart(holder, i) for i in range(len(linears))]
 
 
@@ -71,8 +72,8 @@ def split(holder: FusedProjection) -> list[nn.Linear]:
     """The original Linear layers back, bit for bit."""
     layers, start = [], 0
     weight, bias = holder.linear.weight, holder.linear.bias
-    for size in holder.sizes:
-        layer = nn.Linear(weight.shape[1], size, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    for size, cls in zip(holder.sizes, holder.classes):
+        layer = cls(weight.shape[1], size, bias=bias is not None, device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(weight[start : start + size])
             if bias is not None:
