@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 
 from runner import registry
-from runner.app import load_pipeline
+from runner.app import load_pipeline, optimize
 from runner.hooks import hooks_in
-from runner.pass_manager import PassChoice, apply_passes, instantiate
 from runner.plan import plan_run
 from tests.support.configs import compose_config
 
-OPTIONS = {"attention": {"kernel": "math"}}
+OPTIONS = {"attention": ["passes.attention.kernel=math"]}
 
 
 def _tensors(state: dict, engine) -> dict[str, np.ndarray]:
@@ -37,17 +36,16 @@ def _weights(module) -> dict[str, bytes]:
 @pytest.mark.parametrize("backend", ["paddle", "torch"])
 @pytest.mark.parametrize("pass_name", registry.names("pass"))
 def test_removing_a_pass_restores_the_output_bit_for_bit(pass_name, backend):
-    built = load_pipeline(plan_run(compose_config(["model=tiny_flux", f"backend={backend}", "steps=2", "quiet=true"])))
+    overrides = ["model=tiny_flux", f"backend={backend}", "steps=2", "quiet=true", f"passes={pass_name}"]
+    built = load_pipeline(plan_run(compose_config([*overrides, *OPTIONS.get(pass_name, [])])))
     modules = {role: c for role, c in built.components.items() if hasattr(c, "state_dict")}
     weights = {role: _weights(m) for role, m in modules.items()}
     before = _tensors(built.generate().state, built.engine)
 
-    the_pass = instantiate(PassChoice(pass_name, OPTIONS.get(pass_name, {})))
-    report = apply_passes([the_pass], built.components, built.engine, verify=False).report
-    assert report.applications, f"{pass_name} applied to no component of tiny_flux"
+    optimize(built)
+    assert built.pass_report.applications, f"{pass_name} applied to no component of tiny_flux"
     built.generate()  # run the optimized path once (caches fill, fused products are used)
-    for application in reversed(report.applications):
-        application.changes.undo()
+    assert built.remove_passes() == [pass_name] and not built.pass_report.applications
 
     for role, module in modules.items():
         assert built.components[role] is module
