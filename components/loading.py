@@ -8,11 +8,11 @@ hooks.
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
+
+from safetensors import safe_open
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -51,10 +51,10 @@ def bundled_tokenizer(asset: str) -> Path:
 
 
 def _safetensors_format(path: Path) -> str | None:
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-    return (header.get("__metadata__") or {}).get("format")
+    """The "format" entry of a safetensors file's metadata ("pt", "np", "pd", ...), None without one."""
+    # framework="np" reads the header only (no tensor is loaded) and needs neither engine's framework.
+    with safe_open(path, framework="np") as f:
+        return (f.metadata() or {}).get("format")
 
 
 def folder_is_torch_format(folder: str | os.PathLike[str]) -> bool:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from hydra.utils import get_object
+
 from runner.errors import ConfigError
 
 REGISTRY: dict[str, dict[str, str]] = {
@@ -80,12 +82,21 @@ def resolve(kind: str, name: str) -> Any:
 
 
 def import_object(path: str) -> Any:
-    """Import "package.module:Attribute" (the attribute may be dotted)."""
-    module_name, _, attr = path.partition(":")
-    obj = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
+    """Import "package.module:Attribute" (the attribute may be dotted: "package.module:Outer.Inner").
+
+    Raises ValueError for a path without both parts, ModuleNotFoundError for a missing module and
+    ImportError naming the part that is not there for a missing attribute.
+    """
+    module_name, colon, attr = path.partition(":")
+    if not (colon and module_name and attr):
+        raise ValueError(f"import path {path!r} is not of the form 'package.module:Attribute'")
+    # The module is imported on its own first: hydra's lookup re-raises anything that goes wrong
+    # while importing as ImportError, and the engine modules raise CapabilityError (with the extra to
+    # install) when their framework is missing, which the CLI must receive as it is.
+    importlib.import_module(module_name)
+    # hydra-core 1.3.8's get_object reads dotted paths only (a colon would be taken as part of a
+    # name); with the module imported, the dotted path walks to it and then down the attribute.
+    return get_object(f"{module_name}.{attr}")
 
 
 def _table(kind: str) -> dict[str, str]:
