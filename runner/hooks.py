@@ -148,16 +148,21 @@ class HookRegistry:
         For hooks that hand the module itself to a tracer (a static-graph export calls the module):
         the tracer then sees the module without this hook and the hooks above it.
         """
-        vars(self.module).pop(self.method, None)
         inner = self.inner_call(name)
-        if not isinstance(inner, _Original):
-            vars(self.module)[self.method] = inner
-        elif self._previous is not None:
-            vars(self.module)[self.method] = self._previous
+        self._show(None if isinstance(inner, _Original) else inner)
         try:
             yield
         finally:
             self._install()
+
+    def _show(self, link: Callable[..., Any] | None) -> None:
+        """Make the method `link`, or the original method when None."""
+        attributes = vars(self.module)
+        attributes.pop(self.method, None)
+        if link is not None:
+            attributes[self.method] = link
+        elif self._previous is not None:
+            attributes[self.method] = self._previous
 
     def _install(self) -> None:
         attributes = vars(self.module)
@@ -173,6 +178,31 @@ class HookRegistry:
         registries.pop(self.method, None)
         if not registries:
             attributes.pop(REGISTRIES_ATTRIBUTE, None)
+
+
+@contextlib.contextmanager
+def bypassed(registries: list[HookRegistry]) -> Iterator[None]:
+    """While inside, the hooked methods of `registries` run their original methods (no hooks).
+
+    For tracers that convert a module's source into a static program: a hook object on a submodule's
+    method (a cache) cannot be traced, and a cache has no meaning inside a compiled program.
+    """
+    for registry in registries:
+        registry._show(None)
+    try:
+        yield
+    finally:
+        for registry in registries:
+            registry._install()
+
+
+def registries_in(component: Any) -> list[HookRegistry]:
+    """Every hook registry on the component and its submodules."""
+    return [
+        registry
+        for _, module in _named_submodules(component)
+        for registry in vars(module).get(REGISTRIES_ATTRIBUTE, {}).values()
+    ]
 
 
 def register_hook(module: Any, name: str, hook: ModelHook, method: str = "forward") -> ModelHook:

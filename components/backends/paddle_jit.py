@@ -16,7 +16,7 @@ from typing import Any
 
 from components.backends.paddle_device import PaddleDeviceBackend
 from components.paddle import runtime
-from runner.hooks import HookRegistry, ModelHook, register_hook
+from runner.hooks import HookRegistry, ModelHook, bypassed, register_hook, registries_in
 
 HOOK_NAME = "paddle_jit"
 
@@ -24,11 +24,13 @@ HOOK_NAME = "paddle_jit"
 class PaddleStaticHook(ModelHook):
     """Runs the module's call as a static program: `paddle.jit.to_static` of the module's own method,
     traced per input signature on first use. Registered first on its module (nothing below it), as
-    Paddle's converter traces the method's source, not a hook chain."""
+    Paddle's converter traces the method's source, not a hook chain; hooks on other methods and submodules (rope_cache)
+    are bypassed while the program runs (a cache cannot be traced; the program computes the values)."""
 
     def __init__(self, compiler: str | None) -> None:
         self.compiler = compiler
         self._static: Any = None
+        self._submodule_hooks: list[HookRegistry] | None = None
 
     def initialize(self, module: Any) -> None:
         registry = HookRegistry.of(module)
@@ -40,7 +42,10 @@ class PaddleStaticHook(ModelHook):
         self._static = paddle.jit.to_static(registry.original(), full_graph=True, backend=self.compiler)
 
     def new_forward(self, module: Any, call: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._static(*args, **kwargs)
+        if self._submodule_hooks is None:  # found once: walking a large model's tree costs a little
+            self._submodule_hooks = [r for r in registries_in(module) if r is not HookRegistry.find(module)]
+        with bypassed(self._submodule_hooks):
+            return self._static(*args, **kwargs)
 
     def deinitialize(self, module: Any) -> None:
         self._static = None

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from components.paddle.runtime import import_paddle
-from runner.hooks import HookRegistry, ModelHook
+from runner.hooks import HookRegistry, ModelHook, bypassed, registries_in
 
 paddle = import_paddle()
 HOOK_NAME = "paddle_inference"
@@ -153,8 +153,10 @@ class InferenceHook(ModelHook):
         leaves, structure = flatten_call(args, kwargs)
         predictor = self._predictors.get(structure)
         if predictor is None:
-            # The export traces the layer as the hooks below this one leave it, not through this hook.
-            with HookRegistry.of(module).only_below(HOOK_NAME):
+            # The export traces the layer as the hooks below this one leave it, not through this hook;
+            # hooks on other methods and submodules (caches) cannot be traced and are bypassed while exporting.
+            submodule_hooks = [r for r in registries_in(module) if r is not HookRegistry.find(module)]
+            with HookRegistry.of(module).only_below(HOOK_NAME), bypassed(submodule_hooks):
                 predictor = self._predictors[structure] = self._build(structure, leaves)
         return (self._run(predictor, leaves),)
 

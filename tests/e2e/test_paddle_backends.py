@@ -47,3 +47,14 @@ def test_call_structure_round_trips():
     assert kwargs["added"]["flag"] is None and kwargs["return_dict"] is False
     _, other = flatten_call((a, paddle.zeros([2])), {"added": {"x": c, "flag": None}, "return_dict": False})
     assert other != structure, "a new input shape must give a new signature (a new export)"
+
+
+@pytest.mark.parametrize("backend,tolerance", [("paddle_jit", 1), ("paddle_inference", 2)])
+def test_static_backends_trace_flux_with_hooked_passes(backend, tolerance, tmp_path):
+    """rope_cache hooks a method the static program's source calls: the trace bypasses the hook (the
+    program computes the rotary embedding itself) instead of failing on the hook object."""
+    common = ["model=tiny_flux", "seed=5", "steps=2", "batch=2"]
+    eager = runner_images(common)
+    options = [f"backend.cache_dir={tmp_path}"] if backend == "paddle_inference" else []
+    static = runner_images([*common, f"backend={backend}", *options, "passes=default", "verify=true"])
+    assert max_pixel_diff(eager, static) <= tolerance
