@@ -14,7 +14,7 @@ from typing import Any
 from components.backends.base import Backend
 from components.torch import runtime
 from runner.errors import CapabilityError
-from runner.hooks import ModelHook, register_hook
+from runner.hooks import HookRegistry, ModelHook, bypassed, register_hook, registries_in
 
 ALL_DTYPES = ("float32", "float16", "bfloat16")
 HOOK_NAME = "inductor"
@@ -54,21 +54,28 @@ class TorchBackend(Backend):
 class TorchCompileHook(ModelHook):
     """Runs the module's call chain through torch.compile, compiled on first use; the first call's time
     (compilation plus one run) is recorded. The chain below this hook is what gets compiled, so hooks
-    registered before it (an attention-kernel choice) are traced into the graph, later ones run around it."""
+    registered before it (an attention-kernel choice) are traced into the graph, later ones run around it.
+    Hooks on other methods and submodules (rope_cache) are bypassed while the compiled code runs: a cache
+    keyed on tensor values would break the graph at every comparison, and the graph computes the values."""
 
     def __init__(self, options: Mapping[str, Any], synchronize: Any) -> None:
         self.options, self.synchronize = dict(options), synchronize
         self.first_call_ms: float | None = None
         self._source: Any = None
         self._compiled: Any = None
+        self._other_hooks: list[HookRegistry] | None = None
 
     def new_forward(self, module: Any, call: Any, *args: Any, **kwargs: Any) -> Any:
         if call is not self._source:  # the chain below changed (a hook under this one was removed)
             self._source, self._compiled = call, runtime.import_torch().compile(call, **self.options)
+        if self._other_hooks is None:  # found once: walking a large model's tree costs a little
+            self._other_hooks = [r for r in registries_in(module) if r is not HookRegistry.find(module)]
         if self.first_call_ms is not None:
-            return self._compiled(*args, **kwargs)
+            with bypassed(self._other_hooks):
+                return self._compiled(*args, **kwargs)
         start = time.perf_counter()
-        out = self._compiled(*args, **kwargs)
+        with bypassed(self._other_hooks):
+            out = self._compiled(*args, **kwargs)
         self.synchronize()
         self.first_call_ms = (time.perf_counter() - start) * 1e3
         return out
