@@ -11,6 +11,7 @@ import pytest
 from tests.support.runs import max_pixel_diff, run_cli, runner_images
 
 
+@pytest.mark.slow
 def test_inductor_matches_eager_torch():
     """torch.compile reorders and fuses float32 ops; tolerance: max pixel difference 2 (measured 1)."""
     common = ["model=tiny_sd15", "seed=5", "steps=3", "batch=2"]
