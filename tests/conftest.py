@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cases import names
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-TINY_MODELS = ("tiny_sd15", "tiny_sd21", "tiny_sdxl")
+TINY_MODELS = tuple(names())  # every tiny model config: the rows of tests/support/cases.py
 
 
 @pytest.fixture(scope="session")

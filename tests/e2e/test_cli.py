@@ -10,22 +10,15 @@ import pytest
 from PIL import Image
 
 from runner.images import read_png_metadata
+from tests.support.cases import case, names, slow_except
 from tests.support.runs import run_cli
 
 REPORT_KEYS = {"images", "stages", "steps_per_s", "peak_memory_mb", "config", "versions"}
 
 
-@pytest.mark.parametrize(
-    "model,stages",
-    [
-        ("tiny_sd15", ["encode_prompt", "prepare_latents", "denoise", "decode"]),
-        ("tiny_sd21", ["encode_prompt", "prepare_latents", "denoise", "decode"]),
-        ("tiny_sdxl", ["encode_prompt", "size_conditioning", "prepare_latents", "denoise", "decode"]),
-        ("tiny_sd3", ["encode_prompt", "prepare_latents", "denoise", "decode"]),
-        ("tiny_flux", ["encode_prompt", "prepare_latents", "denoise", "decode"]),
-    ],
-)
-def test_each_tiny_family_runs_from_the_cli(tmp_path, model, stages):
+@pytest.mark.parametrize("model", slow_except(names(), "tiny_sd15"))
+def test_each_tiny_family_runs_from_the_cli(tmp_path, model):
+    stages = list(case(model).stages)
     out = tmp_path / "run"
     proc = run_cli(
         [
@@ -63,6 +56,7 @@ def test_each_tiny_family_runs_from_the_cli(tmp_path, model, stages):
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_progress_bar_shows_unless_quiet(tmp_path):
     loud = run_cli(["steps=2", f"hydra.run.dir={tmp_path / 'a'}"])
     quiet = run_cli(["steps=2", "quiet=true", f"hydra.run.dir={tmp_path / 'b'}"])
@@ -71,12 +65,13 @@ def test_progress_bar_shows_unless_quiet(tmp_path):
     assert re.search(r"denoise:\s+\d+%\|", loud.stderr) and "denoise:" not in quiet.stderr
 
 
+@pytest.mark.slow
 def test_multirun_sweep_runs_every_job(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
         [
             "-m",
-            "model=tiny_sd15,tiny_sdxl,tiny_sd3,tiny_flux",
+            f"model={','.join(names())}",
             "seed=1,2",
             "steps=2",
             "quiet=true",
@@ -86,35 +81,37 @@ def test_multirun_sweep_runs_every_job(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     reports = sorted(sweep.glob("*/report.json"))
-    assert len(reports) == 8
+    assert len(reports) == 2 * len(names())
     images = {}
     for path in reports:
         report = json.loads(path.read_text())
         key = (report["run"]["model"], report["run"]["seed"])
         images[key] = np.asarray(Image.open(path.parent / report["images"][0]))
-    models = ("tiny_sd15", "tiny_sdxl", "tiny_sd3", "tiny_flux")
+    models = names()
     assert set(images) == {(m, s) for m in models for s in (1, 2)}
     for model in models:
         assert not np.array_equal(images[(model, 1)], images[(model, 2)])
 
 
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["height=100"], r"error: height=100 must be a positive multiple of 8 for model=tiny_sd15"),
-        (["steps=0"], r"error: steps=0 must be >= 1"),
-        (["guidance=-2"], r"error: guidance=-2(\.0)? must be >= 0"),
-        (["batch=0"], r"error: batch=0 must be >= 1"),
-        (["scheduler=flow_euler"], r"error: scheduler=flow_euler cannot drive model=tiny_sd15"),
-        (["model.weights=/nonexistent/sd15"], r"error: model.weights='/nonexistent/sd15' is not a directory"),
-        (["precision=fp16"], r"error: precision=fp16 \(float16\) cannot run on backend=paddle device cpu"),
-        (["backend=cinn"], r"error: backend=cinn needs a Paddle build with CUDA .* and CINN .*compiled without it"),
-        (["backend=tensorrt"], r"error: backend=tensorrt needs a Paddle build with CUDA .* and TensorRT"),
-        (["backend=xpu"], r"error: backend=xpu needs a Paddle build with Kunlun XPU"),
-        (["backend=dcu"], r"error: backend=dcu needs a Paddle build with ROCm"),
-        (["backend.device=gpu:1"], r"error: backend=paddle needs a Paddle build with CUDA"),
-    ],
-)
+BAD_INPUTS = [
+    (["height=100"], r"error: height=100 must be a positive multiple of 8 for model=tiny_sd15"),
+    (["steps=0"], r"error: steps=0 must be >= 1"),
+    (["guidance=-2"], r"error: guidance=-2(\.0)? must be >= 0"),
+    (["batch=0"], r"error: batch=0 must be >= 1"),
+    (["scheduler=flow_euler"], r"error: scheduler=flow_euler cannot drive model=tiny_sd15"),
+    (["model.weights=/nonexistent/sd15"], r"error: model.weights='/nonexistent/sd15' is not a directory"),
+    (["precision=fp16"], r"error: precision=fp16 \(float16\) cannot run on backend=paddle device cpu"),
+    (["backend=cinn"], r"error: backend=cinn needs a Paddle build with CUDA .* and CINN .*compiled without it"),
+    (["backend=tensorrt"], r"error: backend=tensorrt needs a Paddle build with CUDA .* and TensorRT"),
+    (["backend=xpu"], r"error: backend=xpu needs a Paddle build with Kunlun XPU"),
+    (["backend=dcu"], r"error: backend=dcu needs a Paddle build with ROCm"),
+    (["backend.device=gpu:1"], r"error: backend=paddle needs a Paddle build with CUDA"),
+]
+
+
+# From precision=fp16 on, the checks import Paddle in the subprocess (seconds each): the fast subset keeps
+# the config errors and the first of those.
+@pytest.mark.parametrize("args,message", slow_except(BAD_INPUTS, *BAD_INPUTS[:7]))
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "run"
     proc = run_cli([*args, f"hydra.run.dir={out}"])
@@ -126,6 +123,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, mess
     assert not out.exists(), f"the failed run left {sorted(p.name for p in out.iterdir())}"
 
 
+@pytest.mark.slow
 def test_invalid_job_in_a_sweep_is_reported_and_the_others_run(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(["-m", "height=64,60", "steps=1", "quiet=true", f"hydra.sweep.dir={sweep}"])

@@ -13,11 +13,9 @@ from runner.pass_base import Pass, PassContext
 from runner.pass_manager import apply_passes
 from runner.plan import plan_run
 from runner.verify import install_verification
+from tests.support.cases import case, names, slow_except
 from tests.support.configs import compose_config
 from tests.support.runs import max_pixel_diff, runner_images
-
-MODELS = ["tiny_sd15", "tiny_sd21", "tiny_sdxl", "tiny_sd3", "tiny_flux"]
-DENOISER = {"tiny_sd3": "transformer", "tiny_flux": "transformer"}
 
 
 def run(overrides: list[str]):
@@ -26,27 +24,27 @@ def run(overrides: list[str]):
 
 
 @pytest.mark.parametrize("backend", ["paddle", "torch"])
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", slow_except(names(), "tiny_flux"))  # Flux: the most passes apply
 def test_all_passes_verify_on_every_family(model, backend):
     built, images = run([f"model={model}", f"backend={backend}", "passes=all", "verify=true", "steps=2"])
     report = built.passes_report()
-    denoiser = DENOISER.get(model, "unet")
+    denoiser = case(model).denoiser
     applied = {(d["pass"], d["component"]) for d in report["details"]}
     assert ("qkv_fusion", denoiser) in applied and ("text_embedding_cache", "text_encoder") in applied
-    assert (("rope_cache", denoiser) in applied) == (model == "tiny_flux")
+    assert (("rope_cache", denoiser) in applied) == ("rope" in case(model).traits)
     verified = {(v["pass"], v["component"]) for v in report["verified"]}
     assert ("qkv_fusion", denoiser) in verified and ("qkv_fusion", "vae") in verified
     assert all(v["max_abs_error"] <= v["bound"] for v in report["verified"])
     unoptimized = runner_images([f"model={model}", f"backend={backend}", "steps=2"])
-    assert max_pixel_diff(images, unoptimized) <= 1
+    assert max_pixel_diff(images, unoptimized) <= case(model).tolerances.passes
 
 
 @pytest.mark.parametrize("backend", ["paddle", "torch"])
-@pytest.mark.parametrize("model", ["tiny_sdxl", "tiny_flux"])
+@pytest.mark.parametrize("model", names())
 def test_unfuse_restores_bit_identical_weights(model, backend):
     built = load_pipeline(plan_run(compose_config([f"model={model}", f"backend={backend}", "steps=1"])))
     engine = built.engine
-    module = built.components[DENOISER.get(model, "unet")]
+    module = built.components[case(model).denoiser]
     before = {k: np.array(v.detach().cpu() if hasattr(v, "detach") else v) for k, v in module.state_dict().items()}
     QKVFusion().apply(module, PassContext(engine=engine))
     assert set(module.state_dict()) != set(before), "nothing was fused"
@@ -65,9 +63,18 @@ def test_text_embedding_cache_counts_hits_and_misses(backend):
     stats = built.passes_report()["stats"]["text_embedding_cache"]
     # 3 prompt rows (2 distinct) and 3 negative rows (1 distinct): each distinct text encoded once.
     assert stats == {"hits": 3, "misses": 3}
-    built.generate()
+    cached = built.generate()  # every row from the cache: the first run's embeddings
     assert built.passes_report()["stats"]["text_embedding_cache"] == {"hits": 9, "misses": 3}
-    assert max_pixel_diff(images, runner_images(common)) == 0
+    uncached = build_pipeline(plan_run(compose_config([*common, "quiet=true"]))).generate()
+    # Not bit for bit: the cache encodes only the distinct rows (a batch of 2 prompts, then 1 negative), the
+    # uncached run all 3 rows of each, and Paddle's CPU kernels round differently in the last bits for a
+    # different batch shape. So the embeddings agree to fp32 rounding (1e-5 of their largest magnitude)
+    # and the images within one uint8 rounding step (exactly equal on some machines, 1 level on others).
+    for key in ("prompt_embeds", "negative_prompt_embeds"):
+        ours, reference = built.engine.to_numpy(cached.state[key]), built.engine.to_numpy(uncached.state[key])
+        assert ours.shape == reference.shape, key
+        assert np.abs(ours - reference).max() <= 1e-5 * np.abs(reference).max(), key
+    assert max_pixel_diff(images, uncached.state["images"]) <= 1
 
 
 def test_passes_none_equals_the_unoptimized_runner():

@@ -8,9 +8,11 @@ import re
 import numpy as np
 import pytest
 
+from tests.support.cases import slow_except
 from tests.support.runs import max_pixel_diff, run_cli, runner_images
 
 
+@pytest.mark.slow
 def test_inductor_matches_eager_torch():
     """torch.compile reorders and fuses float32 ops; tolerance: max pixel difference 2 (measured 1)."""
     common = ["model=tiny_sd15", "seed=5", "steps=3", "batch=2"]
@@ -49,7 +51,7 @@ def test_capability_errors(tmp_path, args, env, message):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("precision,mean_tolerance", [("fp16", 8.0), ("bf16", 16.0)])
+@pytest.mark.parametrize("precision,mean_tolerance", slow_except([("fp16", 8.0), ("bf16", 16.0)], ("fp16", 8.0)))
 def test_torch_half_precisions_on_cpu_stay_close_to_fp32(precision, mean_tolerance):
     """PyTorch has CPU kernels for fp16 and bf16 (Paddle's CPU build has not). Tolerance: mean |pixel
     difference| to fp32 (random tiny weights amplify rounding; measured 4.9 for fp16, 9.6 for bf16)."""

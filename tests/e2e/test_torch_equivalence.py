@@ -1,7 +1,7 @@
 """The runner on the PyTorch engine reproduces diffusers' own pipelines (fp32, CPU).
 
 Same weights directory, seed (torch.Generator on the CPU) and settings; tolerance: max |pixel
-difference| <= 1. Also: backend=torch never imports Paddle.
+difference| <= 1 (Tolerances.torch_stock in tests/support/cases.py). Also: backend=torch never imports Paddle.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from runner.conf_index import group_options
+from tests.support.cases import case, names, slow_except
 from tests.support.configs import model_spec
 from tests.support.runs import REPO, max_pixel_diff, runner_images, to_uint8
 
@@ -34,22 +35,25 @@ def diffusers_images(model: str, weights, scheduler: str, seed: int, **call) -> 
     return to_uint8(out.images)
 
 
-CASES = [
-    # model, scheduler, negative prompt, batch, height, width, extra pipeline arguments
-    ("tiny_sd15", "default", "blurry", 2, 64, 48, {}),
-    ("tiny_sd15", "euler_a", None, 1, 48, 64, {}),
-    ("tiny_sd21", "default", "blurry", 2, 64, 48, {}),
-    ("tiny_sd21", "dpmpp_2m", "blurry", 1, 64, 64, {}),
-    ("tiny_sdxl", "default", "blurry", 2, 64, 48, {}),
-    ("tiny_sdxl", "default", None, 1, 64, 64, {}),
-    ("tiny_sd3", "default", "blurry", 2, 64, 48, {"max_sequence_length": 32}),
-    ("tiny_flux", "default", None, 2, 64, 48, {"max_sequence_length": 32}),
-]
+SCENARIOS = {
+    # model: [(scheduler, negative prompt, batch, height, width)]; extra pipeline arguments: its stock_call
+    "tiny_sd15": [("default", "blurry", 2, 64, 48), ("euler_a", None, 1, 48, 64)],
+    "tiny_sd21": [("default", "blurry", 2, 64, 48), ("dpmpp_2m", "blurry", 1, 64, 64)],
+    "tiny_sdxl": [("default", "blurry", 2, 64, 48), ("default", None, 1, 64, 64)],
+    "tiny_sd3": [("default", "blurry", 2, 64, 48)],
+    "tiny_flux": [("default", None, 2, 64, 48)],  # no CFG: no negative prompt
+}
+CASES = [(model, *scenario) for model in names() for scenario in SCENARIOS.get(model, [])]
 
 
-@pytest.mark.parametrize("model,scheduler,negative,batch,height,width,extra", CASES)
-def test_torch_engine_matches_diffusers(tiny_weights, model, scheduler, negative, batch, height, width, extra):
+def test_every_model_has_scenarios():
+    assert sorted(SCENARIOS) == sorted(names())
+
+
+@pytest.mark.parametrize("model,scheduler,negative,batch,height,width", slow_except(CASES, CASES[0]))
+def test_torch_engine_matches_diffusers(tiny_weights, model, scheduler, negative, batch, height, width):
     weights = tiny_weights(model)
+    extra = case(model).stock_call
     guidance = 4.0
     overrides = [
         f"model={model}",
@@ -79,7 +83,7 @@ def test_torch_engine_matches_diffusers(tiny_weights, model, scheduler, negative
     ours = runner_images(overrides)
     theirs = diffusers_images(model, weights, scheduler, seed=7, **call)
     assert ours.shape == (batch, height, width, 3) and ours.std() > 1.0
-    assert max_pixel_diff(ours, theirs) <= 1
+    assert max_pixel_diff(ours, theirs) <= case(model).tolerances.torch_stock
 
 
 def test_torch_backend_never_imports_paddle():
