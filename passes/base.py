@@ -25,8 +25,15 @@ class PassContext:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PassOptions:
+    """A pass's options: none here; a pass with options declares a subclass as its `options_schema`, the
+    defaults written there once (conf/passes/*.yaml set only what differs)."""
+
+
 class Pass(abc.ABC):
     name: str = ""
+    options_schema: type[PassOptions] = PassOptions
     engines: tuple[str, ...] = ()
     requires: str = ""  # the capability the check looks for, in words
     changes: str = ""  # what apply does, in words
@@ -35,8 +42,8 @@ class Pass(abc.ABC):
     defaults: tuple[str, ...] = ()  # engines whose `passes=default` list holds this pass (measured)
     verifiable: bool = True  # False: the transformed component is not called like the original
 
-    def __init__(self, **options: Any) -> None:
-        self.options = options
+    def __init__(self, options: PassOptions | None = None) -> None:
+        self.options: Any = self.options_schema() if options is None else options  # an options_schema instance
 
     @abc.abstractmethod
     def check(self, component: Any, ctx: PassContext) -> str | None:

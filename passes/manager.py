@@ -18,6 +18,7 @@ from passes.base import Pass, PassContext
 from passes.verify import VerifyingProxy
 from runner import registry
 from runner.errors import ConfigError, RunnerError
+from runner.typed import typed
 
 log = logging.getLogger(__name__)
 DEFAULT_MARKER = "_default"
@@ -67,10 +68,7 @@ def plan_passes(selection: Mapping[str, Any] | None, engine: str) -> PassPlan:
     instances = {}
     for name, options in chosen.items():
         cls = registry.resolve("pass", name)
-        try:
-            instances[name] = cls(**options)
-        except TypeError as exc:
-            raise ConfigError(f"pass {name}: {exc}") from exc
+        instances[name] = cls(typed(cls.options_schema, options, f"passes.{name}", owner=f"pass {name}"))
     return PassPlan(passes=[instances[n] for n in order_passes(instances)], wants_defaults=wants_defaults)
 
 

@@ -11,9 +11,10 @@ PyTorch; in both engines' default lists (it applies only where the capability ex
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
-from passes.base import Pass, PassContext
+from passes.base import Pass, PassContext, PassOptions
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -54,6 +55,11 @@ def _rope_owner(component: Any) -> tuple[Any, str] | None:
     return None
 
 
+@dataclass(frozen=True)
+class RopeCacheOptions(PassOptions):
+    size: int = 4  # distinct (resolution, text length) entries kept
+
+
 class RopeCache(Pass):
     name = "rope_cache"
     engines = ("paddle", "torch")
@@ -61,9 +67,10 @@ class RopeCache(Pass):
     changes = "rotary cos/sin cached per (resolution, text length) and reused across steps and calls"
     after = ("qkv_fusion",)
     defaults = ("paddle", "torch")
+    options_schema = RopeCacheOptions
 
-    def __init__(self, size: int = 4) -> None:
-        super().__init__(size=size)
+    def __init__(self, options: RopeCacheOptions | None = None) -> None:
+        super().__init__(options)
         self.caches: list[RopeCacheMethod] = []
 
     def check(self, component: Any, ctx: PassContext) -> str | None:
@@ -71,7 +78,7 @@ class RopeCache(Pass):
 
     def apply(self, component: Any, ctx: PassContext) -> tuple[Any, dict[str, Any]]:
         owner, method = _rope_owner(component)
-        cache = RopeCacheMethod(getattr(owner, method), int(self.options["size"]))
+        cache = RopeCacheMethod(getattr(owner, method), self.options.size)
         object.__setattr__(owner, method, cache)  # instance attribute: module __call__ finds it first
         self.caches.append(cache)
         return component, {"method": f"{type(owner).__name__}.{method}", "size": cache.size}

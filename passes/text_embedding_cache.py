@@ -16,9 +16,10 @@ engines' default lists.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
-from passes.base import Pass, PassContext
+from passes.base import Pass, PassContext, PassOptions
 
 
 def _weights_version(module: Any) -> int:
@@ -90,6 +91,11 @@ def _has_index(result: Any, index: int) -> bool:
     return hasattr(value, "shape") and len(value.shape) >= 2
 
 
+@dataclass(frozen=True)
+class TextEmbeddingCacheOptions(PassOptions):
+    size: int = 64  # prompt rows kept per text encoder
+
+
 class TextEmbeddingCache(Pass):
     name = "text_embedding_cache"
     engines = ("paddle", "torch")
@@ -97,9 +103,10 @@ class TextEmbeddingCache(Pass):
     changes = "prompt embeddings served from an LRU cache (per prompt row); hits/misses reported"
     defaults = ("paddle", "torch")
     verifiable = True
+    options_schema = TextEmbeddingCacheOptions
 
-    def __init__(self, size: int = 64) -> None:
-        super().__init__(size=size)
+    def __init__(self, options: TextEmbeddingCacheOptions | None = None) -> None:
+        super().__init__(options)
         self.wrappers: list[CachedTextEncoder] = []
 
     def check(self, component: Any, ctx: PassContext) -> str | None:
@@ -109,7 +116,7 @@ class TextEmbeddingCache(Pass):
         return None
 
     def apply(self, component: Any, ctx: PassContext) -> tuple[Any, dict[str, Any]]:
-        wrapper = CachedTextEncoder(component, ctx.engine, int(self.options["size"]))
+        wrapper = CachedTextEncoder(component, ctx.engine, self.options.size)
         self.wrappers.append(wrapper)
         return wrapper, {"size": wrapper._size}
 

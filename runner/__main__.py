@@ -18,6 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from runner.app import run_job
+from runner.config_store import register_schema_defaults
 from runner.errors import RunnerError
 
 _STARTED = time.time()
@@ -60,6 +61,7 @@ def main() -> None:
 
         print(pass_table())
         return
+    register_schema_defaults()
     _hydra_entry()
     if _failed_exit_codes:
         print(f"error: {len(_failed_exit_codes)} job(s) of the sweep failed (see above)", file=sys.stderr)

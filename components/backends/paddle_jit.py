@@ -11,23 +11,33 @@ was slower than eager on the CPU measurements behind this choice.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from components.backends.paddle_device import PaddleDeviceBackend
+from components.backends.base import denoiser_roles
+from components.backends.paddle_device import PaddleDeviceBackend, PaddleDeviceOptions
 from components.paddle import runtime
+
+
+@dataclass(frozen=True)
+class PaddleJitOptions(PaddleDeviceOptions):
+    compile: list[str] = field(default_factory=denoiser_roles)  # component roles converted to static graphs
+    compiler: str | None = None  # None: Paddle's executor; "CINN": the CINN compiler
 
 
 class PaddleJitBackend(PaddleDeviceBackend):
     """Eager Paddle for everything, the `compile` roles (denoisers) converted to static graphs."""
 
+    options_schema = PaddleJitOptions
+
     def prepare(self, components: Mapping[str, Any], engine: Any) -> dict[str, Any]:
         paddle = runtime.import_paddle()
-        compiler = self.spec.options.get("compiler")  # None: Paddle's executor; "CINN": the CINN compiler
+        compiler = self.spec.options.compiler
         prepared = dict(components)
-        for role in self.spec.options.get("compile", []):
+        for role in self.spec.options.compile:
             if role in prepared:
                 prepared[role] = paddle.jit.to_static(prepared[role], full_graph=True, backend=compiler)
         return prepared
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "compiled": list(self.spec.options.get("compile", []))}
+        return {**super().describe(), "compiled": list(self.spec.options.compile)}

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from components.backends.base import Backend
+from components.backends.base import Backend, denoiser_roles
 from components.torch import runtime
 from runner.errors import CapabilityError
+from runner.schema import BackendOptions
 
 ALL_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -68,9 +70,19 @@ class TimedFirstCall:
         return out
 
 
+@dataclass(frozen=True)
+class InductorOptions(BackendOptions):
+    compile: list[str] = field(default_factory=denoiser_roles)  # component roles compiled
+    mode: str | None = None  # torch.compile mode: None (default), reduce-overhead, max-autotune, ...
+    fullgraph: bool = False
+    dynamic: bool | None = None
+
+
 class InductorBackend(TorchBackend):
     """torch.compile on the denoiser. Options: mode (default, reduce-overhead, max-autotune...),
     fullgraph, dynamic."""
+
+    options_schema = InductorOptions
 
     def __init__(self, *, spec: Any) -> None:
         super().__init__(spec=spec)
@@ -87,14 +99,14 @@ class InductorBackend(TorchBackend):
         torch = runtime.import_torch()
         o = self.spec.options
         prepared = dict(components)
-        for role in o.get("compile", []):
+        for role in o.compile:
             if role in prepared:
                 module = prepared[role]
                 compiled = torch.compile(
                     module,
-                    mode=o.get("mode") or None,
-                    fullgraph=bool(o.get("fullgraph", False)),
-                    dynamic=o.get("dynamic"),
+                    mode=o.mode or None,
+                    fullgraph=o.fullgraph,
+                    dynamic=o.dynamic,
                 )
                 prepared[role] = self._compiled[role] = TimedFirstCall(module, compiled, engine.synchronize)
         return prepared
