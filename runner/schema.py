@@ -258,6 +258,14 @@ def parse_backend(node: Any) -> BackendSpec:
     return BackendSpec(name=options.name, engine=options.engine, device=options.device, options=options)
 
 
+def parse_mode(node: Any) -> RunMode | BenchSettings:
+    """The mode group (conf/mode/*.yaml), typed by the schema of its name."""
+    name = _name_of(node)
+    if name not in MODES:
+        raise ConfigError(f"mode={name} is not one of {', '.join(sorted(MODES))}")
+    return typed(MODES[name], node, "mode", owner=f"mode={name}")
+
+
 def parse_precision(node: Any) -> PrecisionSpec:
     precision = typed(PrecisionSpec, node, "precision", owner=f"precision={_name_of(node)}")
     if precision.dtype not in DTYPES:

@@ -11,7 +11,7 @@ from runner import registry
 from runner.conf_index import group_options
 from runner.errors import ConfigError
 from runner.plan import plan_run
-from runner.schema import MODES, ModelConfig, parse_backend
+from runner.schema import MODES, BenchSettings, ModelConfig, RunMode, parse_backend, parse_mode
 from tests.support.configs import compose_config
 
 
@@ -94,3 +94,10 @@ def test_backend_options_are_the_registered_class_schema():
     assert spec.options.compile == ["unet", "transformer"] and spec.options.compiler is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.options.compiler = "CINN"  # type: ignore[misc]
+
+
+def test_modes_are_typed_by_their_own_schema():
+    assert parse_mode(compose_config(["mode=bench"]).mode) == BenchSettings(name="bench")
+    assert parse_mode(compose_config([]).mode) == RunMode(name="run")
+    with pytest.raises(ConfigError, match=r"^mode=run has no option 'warmup'; it accepts: name$"):
+        parse_mode(compose_config(["+mode.warmup=1"]).mode)
