@@ -62,15 +62,17 @@ class EngineBase(abc.ABC):
 
     @staticmethod
     def _load_tokenizer(ctype: ComponentType, cls: Any, spec: ComponentSpec, weights_dir: str | None) -> Any:
+        # The model YAML's max_length (conf/family/*.yaml) where the tokenizer's own files do not say.
+        limit = {} if spec.max_length is None else {"model_max_length": spec.max_length}
         if weights_dir is None:
             folder = bundled_tokenizer(ctype.asset or "")
-            return cls.from_pretrained(str(folder), model_max_length=spec.options.get("max_length", 77))
+            return cls.from_pretrained(str(folder), **limit)
         folder = Path(weights_dir) / spec.path
         if ctype.vocab_file and (folder / ctype.vocab_file).is_file():
             config_path = folder / "tokenizer_config.json"
             config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-            max_length = config.get("model_max_length", spec.options.get("max_length", 512))
-            return cls(str(folder / ctype.vocab_file), model_max_length=max_length)
+            limit = {"model_max_length": config["model_max_length"]} if "model_max_length" in config else limit
+            return cls(str(folder / ctype.vocab_file), **limit)
         return cls.from_pretrained(str(folder))
 
     def component_type(self, type_name: str) -> ComponentType:

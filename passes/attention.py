@@ -9,12 +9,18 @@ build has one (GPU builds) and the math fallback elsewhere. The choice lands in 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from runner.errors import ConfigError
-from runner.pass_base import Pass, PassContext
+from runner.pass_base import Pass, PassContext, PassOptions
 
 KERNELS = ("auto", "flash", "efficient", "cudnn", "math")
+
+
+@dataclass(frozen=True)
+class AttentionOptions(PassOptions):
+    kernel: str = "auto"  # one of KERNELS; auto leaves the choice to the framework and records it
 
 
 class AttentionKernel(Pass):
@@ -26,16 +32,17 @@ class AttentionKernel(Pass):
     # With kernel=auto the pass records the kernel and leaves the choice to the framework: it costs
     # nothing (CPU, tiny families: 0.97x-1.06x per step, i.e. noise) and puts the choice in the report.
     defaults = ("paddle", "torch")
+    options_schema = AttentionOptions
 
-    def __init__(self, kernel: str = "auto") -> None:
-        if kernel not in KERNELS:
-            raise ConfigError(f"passes.attention.kernel={kernel!r} is not one of {', '.join(KERNELS)}")
-        super().__init__(kernel=kernel)
+    def __init__(self, options: AttentionOptions | None = None) -> None:
+        super().__init__(options)
+        if self.options.kernel not in KERNELS:
+            raise ConfigError(f"passes.attention.kernel={self.options.kernel!r} is not one of {', '.join(KERNELS)}")
 
     def check(self, component: Any, ctx: PassContext) -> str | None:
-        reason, _ = ctx.engine.select_attention(component, self.options["kernel"], ctx.changes, dry_run=True)
+        reason, _ = ctx.engine.select_attention(component, self.options.kernel, ctx.changes, dry_run=True)
         return reason
 
     def apply(self, component: Any, ctx: PassContext) -> dict[str, Any]:
-        _, details = ctx.engine.select_attention(component, self.options["kernel"], ctx.changes)
+        _, details = ctx.engine.select_attention(component, self.options.kernel, ctx.changes)
         return details

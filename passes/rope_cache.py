@@ -12,10 +12,11 @@ PyTorch; in both engines' default lists (it applies only where the capability ex
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from runner.hooks import ModelHook
-from runner.pass_base import Pass, PassContext
+from runner.pass_base import Pass, PassContext, PassOptions
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -61,6 +62,11 @@ def _rope_owner(component: Any) -> tuple[Any, str] | None:
     return None
 
 
+@dataclass(frozen=True)
+class RopeCacheOptions(PassOptions):
+    size: int = 4  # distinct (resolution, text length) entries kept
+
+
 class RopeCache(Pass):
     name = "rope_cache"
     engines = ("paddle", "torch")
@@ -68,9 +74,10 @@ class RopeCache(Pass):
     changes = "rotary cos/sin cached per (resolution, text length) and reused across steps and calls"
     after = ("qkv_fusion",)
     defaults = ("paddle", "torch")
+    options_schema = RopeCacheOptions
 
-    def __init__(self, size: int = 4) -> None:
-        super().__init__(size=size)
+    def __init__(self, options: RopeCacheOptions | None = None) -> None:
+        super().__init__(options)
         self.caches: list[RopeCacheHook] = []
 
     def check(self, component: Any, ctx: PassContext) -> str | None:
@@ -78,7 +85,7 @@ class RopeCache(Pass):
 
     def apply(self, component: Any, ctx: PassContext) -> dict[str, Any]:
         owner, method = _rope_owner(component)
-        cache = ctx.changes.register_hook(owner, self.name, RopeCacheHook(int(self.options["size"])), method)
+        cache = ctx.changes.register_hook(owner, self.name, RopeCacheHook(self.options.size), method)
         self.caches.append(cache)
         return {"method": f"{type(owner).__name__}.{method}", "size": cache.size}
 

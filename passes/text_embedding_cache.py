@@ -17,10 +17,11 @@ engines' default lists.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from runner.hooks import ModelHook
-from runner.pass_base import Pass, PassContext
+from runner.pass_base import Pass, PassContext, PassOptions
 
 
 def _weights_version(module: Any) -> int:
@@ -96,6 +97,11 @@ def _has_index(result: Any, index: int) -> bool:
     return hasattr(value, "shape") and len(value.shape) >= 2
 
 
+@dataclass(frozen=True)
+class TextEmbeddingCacheOptions(PassOptions):
+    size: int = 64  # prompt rows kept per text encoder
+
+
 class TextEmbeddingCache(Pass):
     name = "text_embedding_cache"
     engines = ("paddle", "torch")
@@ -103,9 +109,10 @@ class TextEmbeddingCache(Pass):
     changes = "prompt embeddings served from an LRU cache (per prompt row); hits/misses reported"
     defaults = ("paddle", "torch")
     verifiable = True
+    options_schema = TextEmbeddingCacheOptions
 
-    def __init__(self, size: int = 64) -> None:
-        super().__init__(size=size)
+    def __init__(self, options: TextEmbeddingCacheOptions | None = None) -> None:
+        super().__init__(options)
         self.hooks: list[TextEmbeddingCacheHook] = []
 
     def check(self, component: Any, ctx: PassContext) -> str | None:
@@ -115,7 +122,7 @@ class TextEmbeddingCache(Pass):
         return None
 
     def apply(self, component: Any, ctx: PassContext) -> dict[str, Any]:
-        hook = TextEmbeddingCacheHook(ctx.engine, int(self.options["size"]))
+        hook = TextEmbeddingCacheHook(ctx.engine, self.options.size)
         self.hooks.append(ctx.changes.register_hook(component, self.name, hook))
         return {"size": hook.size}
 

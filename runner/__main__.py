@@ -18,7 +18,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from runner.app import run_job
+from runner.config_store import register_schema_defaults
 from runner.errors import RunnerError
+from runner.schema import parse_mode
 
 _STARTED = time.time()
 _failed_exit_codes: list[int] = []
@@ -39,7 +41,7 @@ def _hydra_entry(cfg: DictConfig) -> dict | None:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        if cfg.mode.name == "bench":
+        if parse_mode(cfg.mode).name == "bench":
             from runner.bench import run_bench
 
             return run_bench(cfg, output_dir)
@@ -60,6 +62,7 @@ def main() -> None:
 
         print(pass_table())
         return
+    register_schema_defaults()
     _hydra_entry()
     if _failed_exit_codes:
         print(f"error: {len(_failed_exit_codes)} job(s) of the sweep failed (see above)", file=sys.stderr)

@@ -129,7 +129,7 @@ def image_metadata(plan: RunPlan, index: int) -> dict[str, Any]:
         "seed": s.seed,
         "batch_index": index,
         **{k: run[k] for k in ("model", "backend", "precision", "scheduler", "scheduler_class")},
-        **{k: run[k] for k in ("steps", "guidance", "height", "width", "noise")},
+        **{k: run[k] for k in ("steps", "guidance", "guidance_rescale", "height", "width", "noise")},
     }
 
 

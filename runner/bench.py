@@ -13,7 +13,6 @@ import inspect
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +23,19 @@ from runner.files import write_json_atomic
 from runner.graph import RunContext
 from runner.plan import RunPlan, plan_run
 from runner.report import REPORT_NAME, summarize_ms
-from runner.schema import to_plain
+from runner.schema import BenchSettings
 from runner.tables import bench_table
+from runner.typed import typed
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BenchSettings:
-    warmup: int
-    repeats: int
-    reference: bool
-
-
 def parse_bench(node: Any) -> BenchSettings:
-    raw = to_plain(node) or {}
-    warmup, repeats = raw.get("warmup", 1), raw.get("repeats", 3)
-    for key, value, low in (("warmup", warmup, 0), ("repeats", repeats, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"mode.{key}={value!r} must be an integer >= {low}")
-    return BenchSettings(warmup=warmup, repeats=repeats, reference=bool(raw.get("reference", True)))
+    bench = typed(BenchSettings, node, "mode", owner="mode=bench")
+    for key, low in (("warmup", 0), ("repeats", 1)):
+        if getattr(bench, key) < low:
+            raise ConfigError(f"mode.{key}={getattr(bench, key)!r} must be an integer >= {low}")
+    return bench
 
 
 def measure_runner(built: BuiltPipeline, bench: BenchSettings) -> dict:
@@ -110,14 +102,18 @@ def measure_reference(plan: RunPlan, engine: Any, eager: Mapping[str, Any], benc
         "width": s.width,
         "num_inference_steps": s.steps,
         "guidance_scale": s.guidance,
+        "guidance_rescale": s.guidance_rescale,
         "output_type": "np",
         "callback_on_step_end": on_step_end,
         "max_sequence_length": plan.model.max_sequence_length,
     }
     call = {k: v for k, v in call.items() if k in accepted and v is not None}
-    note = None
+    notes = []
     if plan.model.max_sequence_length and "max_sequence_length" not in accepted:
-        note = f"{class_name} takes no max_sequence_length; it uses its own T5 length"
+        notes.append(f"{class_name} takes no max_sequence_length; it uses its own T5 length")
+    if s.guidance_rescale and "guidance_rescale" not in accepted:
+        notes.append(f"{class_name} takes no guidance_rescale; its guidance is not rescaled")
+    note = "; ".join(notes) or None
     totals, steps, peaks = [], [], []
     for i in range(bench.warmup + bench.repeats):
         timer = engine.step_timer()

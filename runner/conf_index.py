@@ -20,3 +20,9 @@ def group_options(group: str) -> dict[str, dict[str, Any]]:
         with open(path, encoding="utf-8") as f:
             options[path.stem] = yaml.safe_load(f) or {}
     return options
+
+
+@functools.cache
+def config_groups() -> tuple[str, ...]:
+    """The config groups (folders of conf/): the composed config's keys that are not run parameters."""
+    return tuple(sorted(path.name for path in CONF_DIR.iterdir() if path.is_dir()))

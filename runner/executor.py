@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runner.graph import RunContext, Stage
+from runner.graph import RunContext, Stage, run_guidance
 from runner.schema import RunSettings
 
 
@@ -29,6 +29,7 @@ def initial_state(settings: RunSettings) -> dict[str, Any]:
         "width": settings.width,
         "steps": settings.steps,
         "guidance": settings.guidance,
+        "guidance_rescale": settings.guidance_rescale,
         "seed": settings.seed,
     }
 
@@ -46,6 +47,7 @@ def execute(
     engine = ctx.engine
     state = initial_state(settings)
     ctx.generator = engine.generator(settings.seed)
+    ctx.guidance = run_guidance(stages)
     ctx.step_times_ms.clear()
     stage_ms = {}
     engine.reset_peak_memory()

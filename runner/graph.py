@@ -27,6 +27,7 @@ RUN_INPUTS: tuple[str, ...] = (
     "width",
     "steps",
     "guidance",
+    "guidance_rescale",
     "seed",
 )
 # What the last stage must have produced: uint8 images, [N, H, W, 3].
@@ -44,10 +45,15 @@ class RunContext:
     pipeline_config: Mapping[str, Any] = field(default_factory=dict)
     progress: bool = True
     step_times_ms: list[float] = field(default_factory=list)
+    # The run's guidance method (components/stages/guidance.py): the one a stage applies, set by the
+    # executor, so that stages before it (text encoding) can ask it what it needs. None: no stage guides.
+    guidance: Any = None
 
 
 class Stage(abc.ABC):
     """One step of a pipeline. Subclasses set the contract in `__init__` from their parameters."""
+
+    guidance: Any = None  # the guidance method this stage applies (the denoise loop's), if any
 
     def __init__(self, *, name: str) -> None:
         self.name = name
@@ -58,6 +64,11 @@ class Stage(abc.ABC):
     @abc.abstractmethod
     def run(self, state: Mapping[str, Any], ctx: RunContext) -> dict[str, Any]:
         """Read `inputs` from `state`, return a dict holding exactly `outputs`."""
+
+    def check_run(self, values: Mapping[str, Any], where: str) -> str | None:
+        """Why this stage cannot honour these run values (the initial state), as a one-line message naming
+        `where` (e.g. "model=sd15"), or None. Asked before any weights load; by default everything goes."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -133,3 +144,16 @@ def check_contracts(
     for key in final:
         if key not in have:
             raise ConfigError(f"the stage list never produces {key!r}; the last stage must output it")
+
+
+def check_run_values(stages: Sequence[Stage], values: Mapping[str, Any], where: str) -> None:
+    """Raise ConfigError with the first stage's objection to the run values (the initial state)."""
+    for stage in stages:
+        problem = stage.check_run(values, where)
+        if problem:
+            raise ConfigError(problem)
+
+
+def run_guidance(stages: Sequence[Stage]) -> Any:
+    """The guidance method of a stage list: the first one a stage applies, or None."""
+    return next((stage.guidance for stage in stages if stage.guidance is not None), None)

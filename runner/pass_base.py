@@ -65,6 +65,12 @@ class Changes:
         return bool(self._undo)
 
 
+@dataclass(frozen=True)
+class PassOptions:
+    """A pass's options: none here; a pass with options declares a subclass as its `options_schema`, the
+    defaults written there once (conf/passes/*.yaml set only what differs)."""
+
+
 @dataclass
 class PassContext:
     """What a pass may use: the engine (tensor ops, framework helpers) and the journal of its changes."""
@@ -75,6 +81,7 @@ class PassContext:
 
 class Pass(abc.ABC):
     name: str = ""
+    options_schema: type[PassOptions] = PassOptions
     engines: tuple[str, ...] = ()
     requires: str = ""  # the capability the check looks for, in words
     changes: str = ""  # what apply does, in words
@@ -83,8 +90,8 @@ class Pass(abc.ABC):
     defaults: tuple[str, ...] = ()  # engines whose `passes=default` list holds this pass (measured)
     verifiable: bool = True  # False: the transformed component is not called like the original
 
-    def __init__(self, **options: Any) -> None:
-        self.options = options
+    def __init__(self, options: PassOptions | None = None) -> None:
+        self.options: Any = self.options_schema() if options is None else options  # an options_schema instance
 
     @abc.abstractmethod
     def check(self, component: Any, ctx: PassContext) -> str | None:

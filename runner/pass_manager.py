@@ -18,8 +18,9 @@ from typing import Any
 
 from runner import registry
 from runner.errors import ConfigError, PassError
-from runner.pass_base import Changes, Pass, PassContext
+from runner.pass_base import Changes, Pass, PassContext, PassOptions
 from runner.tables import markdown
+from runner.typed import typed
 
 log = logging.getLogger(__name__)
 DEFAULT_MARKER = "_default"
@@ -30,7 +31,7 @@ class PassChoice:
     """One validated pass selection: its registered name and options."""
 
     name: str
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: PassOptions  # an instance of the pass's options_schema, validated
 
 
 @dataclass
@@ -88,17 +89,16 @@ def plan_passes(selection: Mapping[str, Any] | None, engine: str) -> tuple[PassC
         if name not in registry.names("pass"):
             raise ConfigError(f"unknown pass {name!r}; registered passes: {', '.join(registry.names('pass'))}")
         chosen[name] = dict(options or {})
-    choices = {name: PassChoice(name, options) for name, options in chosen.items()}
-    instances = {name: instantiate(choice) for name, choice in choices.items()}  # validates the options
+    choices = {}
+    for name, options in chosen.items():
+        schema = registry.resolve("pass", name).options_schema
+        choices[name] = PassChoice(name, typed(schema, options, f"passes.{name}", owner=f"pass {name}"))
+    instances = {name: instantiate(choice) for name, choice in choices.items()}  # checks values too
     return tuple(choices[name] for name in order_passes(instances))
 
 
 def instantiate(choice: PassChoice) -> Pass:
-    cls = registry.resolve("pass", choice.name)
-    try:
-        return cls(**choice.options)
-    except TypeError as exc:
-        raise ConfigError(f"pass {choice.name}: {exc}") from exc
+    return registry.resolve("pass", choice.name)(choice.options)
 
 
 def order_passes(passes: Mapping[str, Pass]) -> list[str]:

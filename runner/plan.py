@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from runner import registry
-from runner.graph import Stage, build_graph
+from runner.executor import initial_state
+from runner.graph import Stage, build_graph, check_run_values
 from runner.pass_manager import PassChoice, plan_passes
 from runner.scheduling import SchedulerChoice, choose_scheduler
 from runner.schema import (
@@ -61,6 +62,7 @@ def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan
     weights_dir, pipeline_config = check_weights_dir(model)
     scheduler = choose_scheduler(parse_scheduler(cfg["scheduler"]), model, weights_dir)
     stages = build_graph(model.stages, [*model.components, "scheduler"])
+    check_run_values(stages, initial_state(settings), f"model={model.name}")
     if settings.negative_prompts and not any("negative_prompts" in stage.inputs for stage in stages):
         log.warning(
             "model=%s ignores negative_prompt: none of its stages reads it (no classifier-free guidance)", model.name
@@ -77,7 +79,7 @@ def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan
         pipeline_config=pipeline_config,
         stages=tuple(stages),
         passes=plan_passes(to_plain(cfg.get("passes")), backend.engine),
-        verify=bool(cfg.get("verify", False)),
+        verify=settings.verify,
         device=check_backend(backend, precision) if check_capabilities else None,
     )
 
@@ -103,6 +105,7 @@ def describe_plan(plan: RunPlan) -> dict[str, Any]:
         "width": s.width,
         "steps": s.steps,
         "guidance": s.guidance,
+        "guidance_rescale": s.guidance_rescale,
         "seed": s.seed,
         "images_per_prompt": s.images_per_prompt,
         "noise": s.noise,

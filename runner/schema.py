@@ -1,8 +1,14 @@
-"""Typed views of the composed Hydra config, validated once before anything loads.
+"""One typed schema per config group, validated once before anything loads.
 
-YAML only sets values; these dataclasses give each group a typed shape and turn every bad value into
-a one-line `ConfigError` that names the value and what is allowed. Nothing here touches devices,
-environment variables or engines: side effects belong to the runner.
+Each group's dataclass declares its keys, their types and their defaults, written once: here for the run
+parameters, models, schedulers, precisions and modes; on the registered class for the options of a backend
+(`Backend.options_schema`) or a pass (`Pass.options_schema`). The YAML files only set what differs.
+`typed` (runner/typed.py) checks a composed node against its schema with OmegaConf; bad types and unknown
+keys become one-line `ConfigError`s. What OmegaConf cannot express (ranges, choices) is checked below.
+Nothing here touches devices, environment variables or engines: side effects belong to the runner.
+
+Root schemas are frozen; the nested ones of the model schema are not, because OmegaConf cannot merge into
+a frozen dataclass nested in another (it marks those nodes read-only).
 """
 
 from __future__ import annotations
@@ -11,20 +17,102 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING
 
+from runner import registry
+from runner.conf_index import config_groups
 from runner.errors import ConfigError
+from runner.typed import to_plain, typed
 
 NOISE_SOURCES = ("engine", "numpy")
-RUN_KEYS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "height", "width", "batch", "noise", "quiet")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-def to_plain(node: Any) -> Any:
-    """Resolve interpolations and return plain Python containers."""
-    if isinstance(node, DictConfig) or OmegaConf.is_config(node):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
+# ------------------------------------------------------------------------------------------ run parameters
+@dataclass(frozen=True)
+class RunParams:
+    """The run parameters: the top-level keys of the composed config. None: the model's default."""
+
+    prompt: Any = "a photo of an astronaut riding a horse on the moon"  # a string or a list of strings
+    negative_prompt: Any = None  # None: no negative prompt (SDXL then uses zero embeddings, as its pipeline does)
+    seed: int = 0
+    steps: int | None = None
+    guidance: float | None = None
+    # Classifier-free guidance rescale ("Common Diffusion Noise Schedules and Sample Steps are Flawed", 3.4):
+    # 0 leaves CFG as it is, 1 gives the guided prediction the spread of the conditional one.
+    guidance_rescale: float = 0.0
+    height: int | None = None
+    width: int | None = None
+    batch: int = 1  # images per prompt
+    noise: str = "engine"  # engine: each engine's own generator (as its stock pipeline); numpy: the same everywhere
+    quiet: bool = False  # True: no progress bar
+    verify: bool = False  # True: every component a pass changed is checked against its eager copy on first use
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The resolved request: model defaults filled in, every value checked."""
+
+    prompts: tuple[str, ...]
+    negative_prompts: tuple[str, ...] | None
+    images_per_prompt: int
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    guidance_rescale: float
+    seed: int
+    noise: str
+    quiet: bool
+    verify: bool
+
+    @property
+    def num_images(self) -> int:
+        return len(self.prompts) * self.images_per_prompt
+
+
+# ------------------------------------------------------------------------------------------ model
+@dataclass
+class RunDefaults:
+    """The model's defaults for the run parameters left at null."""
+
+    height: int = MISSING
+    width: int = MISSING
+    steps: int = MISSING
+    guidance: float = MISSING
+
+
+@dataclass
+class ComponentConfig:
+    type: str = MISSING  # a component type the engines register (components/loading.py)
+    path: str | None = None  # its folder in a weights directory; None: the role's name
+    config: dict[str, Any] = field(default_factory=dict)  # architecture, for random weights
+    max_length: int | None = None  # tokenizers: the token limit
+
+
+@dataclass
+class ModelSchedulerConfig:
+    kind: str = MISSING  # the sampler family it needs: discrete or flow_match
+    class_name: str = MISSING
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """conf/model/*.yaml (with its conf/family/*.yaml)."""
+
+    name: str = MISSING
+    family: str = MISSING
+    pipeline_classes: list[str] = MISSING
+    resolution_multiple: int = MISSING  # height and width must be multiples of it
+    run_defaults: RunDefaults = field(default_factory=RunDefaults)
+    scheduler: ModelSchedulerConfig = field(default_factory=ModelSchedulerConfig)
+    components: dict[str, ComponentConfig] = field(default_factory=dict)
+    stages: list[dict[str, Any]] = field(default_factory=list)  # {name, type, parameters...}, checked by the graph
+    weights: str = "random"  # a local diffusers-layout directory, or random weights from the architecture
+    init_seed: int = 0  # seed of the random weights (weights=random); the run seed only draws noise
+    guidance_used: bool = True  # False: the denoiser takes no guidance scale (a guidance= given is ignored)
+    max_sequence_length: int | None = None  # T5 tokens, for models with a T5 encoder
 
 
 @dataclass(frozen=True)
@@ -33,9 +121,9 @@ class ComponentSpec:
 
     role: str
     type: str
-    path: str | None
+    path: str
     config: dict[str, Any]
-    options: dict[str, Any]
+    max_length: int | None
 
 
 @dataclass(frozen=True)
@@ -52,27 +140,45 @@ class ModelSpec:
     weights: str
     pipeline_classes: tuple[str, ...]
     resolution_multiple: int
-    run_defaults: dict[str, Any]
+    run_defaults: RunDefaults
     scheduler_kind: str
     scheduler_class: str
     scheduler_config: dict[str, Any]
     components: dict[str, ComponentSpec]
     stages: tuple[StageSpec, ...]
-    guidance_used: bool = True
-    init_seed: int = 0
-    max_sequence_length: int | None = None  # T5 tokens, for models with a T5 encoder
+    guidance_used: bool
+    init_seed: int
+    max_sequence_length: int | None
 
     @property
     def uses_random_weights(self) -> bool:
         return self.weights == "random"
 
 
+# ------------------------------------------------------------------------------------------ other groups
 @dataclass(frozen=True)
 class SchedulerSpec:
-    name: str
-    kind: str | None
-    class_name: str | None
+    """conf/scheduler/*.yaml: a sampler class and the options it gets on top of the model's config."""
+
+    name: str = MISSING
+    kind: str | None = None  # None only for `default` (the model's own sampler)
+    class_name: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PrecisionSpec:
+    name: str = MISSING
+    dtype: str = MISSING
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """What every backend YAML sets; a backend class extends it with its own options (`options_schema`)."""
+
+    name: str = MISSING  # the registry key
+    engine: str = MISSING
+    device: str = MISSING  # auto, or a device of the engine (cpu, gpu:0, cuda:1, npu:0, ...)
 
 
 @dataclass(frozen=True)
@@ -80,115 +186,95 @@ class BackendSpec:
     name: str
     engine: str
     device: str
-    options: dict[str, Any]
+    options: BackendOptions  # the backend class's options_schema instance (name, engine and device included)
 
 
 @dataclass(frozen=True)
-class PrecisionSpec:
-    name: str
-    dtype: str
+class RunMode:
+    name: str = MISSING
 
 
 @dataclass(frozen=True)
-class RunSettings:
-    """The resolved request: model defaults filled in, every value checked."""
+class BenchSettings:
+    """mode=bench: untimed warm-up runs, then timed runs, of the runner and (reference) the stock pipeline."""
 
-    prompts: tuple[str, ...]
-    negative_prompts: tuple[str, ...] | None
-    images_per_prompt: int
-    height: int
-    width: int
-    steps: int
-    guidance: float
-    seed: int
-    noise: str
-    quiet: bool
-
-    @property
-    def num_images(self) -> int:
-        return len(self.prompts) * self.images_per_prompt
+    name: str = MISSING
+    warmup: int = 1
+    repeats: int = 3
+    reference: bool = True
 
 
-def _require(mapping: Mapping[str, Any], key: str, where: str) -> Any:
-    if key not in mapping or mapping[key] is None:
-        raise ConfigError(f"{where}.{key} is missing")
-    return mapping[key]
+MODES: dict[str, type] = {"run": RunMode, "bench": BenchSettings}
+
+
+# ------------------------------------------------------------------------------------------ parsing
+def _name_of(node: Any) -> Any:
+    raw = to_plain(node)
+    return raw.get("name") if isinstance(raw, Mapping) else None
 
 
 def parse_model(node: Any) -> ModelSpec:
-    raw = to_plain(node)
-    name = _require(raw, "name", "model")
-    where = f"model {name!r}"
-    components = {}
-    for role, comp in _require(raw, "components", "model").items():
-        comp = dict(comp)
-        ctype = _require(comp, "type", f"{where} component {role}")
-        path = comp.pop("path", role)
-        config = comp.pop("config", None) or {}
-        comp.pop("type")
-        components[role] = ComponentSpec(role=role, type=ctype, path=path, config=config, options=comp)
+    m = typed(ModelConfig, node, "model", owner=f"model={_name_of(node)}")
+    components = {
+        role: ComponentSpec(role=role, type=c.type, path=c.path or role, config=c.config, max_length=c.max_length)
+        for role, c in m.components.items()
+    }
     stages = []
-    for i, stage in enumerate(_require(raw, "stages", "model")):
-        stage = dict(stage)
-        sname = stage.pop("name", None)
-        stype = stage.pop("type", None)
+    for i, stage in enumerate(m.stages):
+        params = dict(stage)
+        sname, stype = params.pop("name", None), params.pop("type", None)
         if not sname or not stype:
-            raise ConfigError(f"{where}: stage #{i} needs both 'name' and 'type', got {stage}")
-        stages.append(StageSpec(name=sname, type=stype, params=stage))
-    scheduler = _require(raw, "scheduler", "model")
-    multiple = int(raw.get("resolution_multiple", 8))
+            raise ConfigError(f"model {m.name!r}: stage #{i} needs both 'name' and 'type', got {stage}")
+        stages.append(StageSpec(name=sname, type=stype, params=params))
     return ModelSpec(
-        name=name,
-        family=_require(raw, "family", "model"),
-        weights=str(raw.get("weights", "random")),
-        pipeline_classes=tuple(_require(raw, "pipeline_classes", "model")),
-        resolution_multiple=multiple,
-        run_defaults=dict(_require(raw, "run_defaults", "model")),
-        scheduler_kind=_require(scheduler, "kind", "model.scheduler"),
-        scheduler_class=_require(scheduler, "class_name", "model.scheduler"),
-        scheduler_config=dict(scheduler.get("config") or {}),
+        name=m.name,
+        family=m.family,
+        weights=m.weights,
+        pipeline_classes=tuple(m.pipeline_classes),
+        resolution_multiple=m.resolution_multiple,
+        run_defaults=m.run_defaults,
+        scheduler_kind=m.scheduler.kind,
+        scheduler_class=m.scheduler.class_name,
+        scheduler_config=m.scheduler.config,
         components=components,
         stages=tuple(stages),
-        guidance_used=bool(raw.get("guidance_used", True)),
-        init_seed=int(raw.get("init_seed", 0)),
-        max_sequence_length=raw.get("max_sequence_length"),
+        guidance_used=m.guidance_used,
+        init_seed=m.init_seed,
+        max_sequence_length=m.max_sequence_length,
     )
 
 
 def parse_scheduler(node: Any) -> SchedulerSpec:
-    raw = to_plain(node)
-    return SchedulerSpec(
-        name=_require(raw, "name", "scheduler"),
-        kind=raw.get("kind"),
-        class_name=raw.get("class_name"),
-        options=dict(raw.get("options") or {}),
-    )
+    return typed(SchedulerSpec, node, "scheduler", owner=f"scheduler={_name_of(node)}")
 
 
 def parse_backend(node: Any) -> BackendSpec:
-    raw = dict(to_plain(node))
-    name = _require(raw, "name", "backend")
-    engine = _require(raw, "engine", "backend")
-    device = str(raw.pop("device", "auto"))
-    options = {k: v for k, v in raw.items() if k not in ("name", "engine")}
-    return BackendSpec(name=name, engine=engine, device=device, options=options)
+    """The backend options, typed by the registered backend class's own schema."""
+    name = _name_of(node)
+    if not isinstance(name, str):
+        raise ConfigError("backend.name is missing")
+    schema = registry.resolve("backend", name).options_schema
+    options = typed(schema, node, "backend", owner=f"backend={name}")
+    return BackendSpec(name=options.name, engine=options.engine, device=options.device, options=options)
+
+
+def parse_mode(node: Any) -> RunMode | BenchSettings:
+    """The mode group (conf/mode/*.yaml), typed by the schema of its name."""
+    name = _name_of(node)
+    if name not in MODES:
+        raise ConfigError(f"mode={name} is not one of {', '.join(sorted(MODES))}")
+    return typed(MODES[name], node, "mode", owner=f"mode={name}")
 
 
 def parse_precision(node: Any) -> PrecisionSpec:
-    raw = to_plain(node)
-    dtype = _require(raw, "dtype", "precision")
-    if dtype not in DTYPES:
-        raise ConfigError(f"precision.dtype={dtype!r} is not one of {', '.join(DTYPES)}")
-    return PrecisionSpec(name=_require(raw, "name", "precision"), dtype=dtype)
-
-
-def _int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}={value!r} must be an integer")
-    return value
+    precision = typed(PrecisionSpec, node, "precision", owner=f"precision={_name_of(node)}")
+    if precision.dtype not in DTYPES:
+        raise ConfigError(f"precision.dtype={precision.dtype!r} is not one of {', '.join(DTYPES)}")
+    return precision
 
 
 def _prompts(value: Any, key: str, allow_none: bool) -> tuple[str, ...] | None:
+    # A string or a list of strings: a union OmegaConf cannot type, so checked here.
     if value is None and allow_none:
         return None
     if isinstance(value, str):
@@ -198,40 +284,38 @@ def _prompts(value: Any, key: str, allow_none: bool) -> tuple[str, ...] | None:
     raise ConfigError(f"{key}={value!r} must be a string or a non-empty list of strings")
 
 
+def parse_run_params(cfg: Mapping[str, Any]) -> RunParams:
+    """The top-level keys of the composed config that are not config groups, typed."""
+    run = {key: cfg[key] for key in cfg if key not in config_groups()}
+    return typed(RunParams, run, "", owner="the run config", noun="parameter")
+
+
 def parse_settings(cfg: Mapping[str, Any], model: ModelSpec) -> RunSettings:
     """Fill run parameters left at null from the model's defaults and check every value."""
-    cfg = {key: to_plain(cfg[key]) for key in RUN_KEYS if key in cfg}
+    run = parse_run_params(cfg)
     d = model.run_defaults
-
-    def pick(key: str) -> Any:
-        value = cfg.get(key)
-        return d.get(key) if value is None else value
-
-    height = _int("height", pick("height"))
-    width = _int("width", pick("width"))
+    height = d.height if run.height is None else run.height
+    width = d.width if run.width is None else run.width
     m = model.resolution_multiple
     for key, value in (("height", height), ("width", width)):
         if value <= 0 or value % m:
             raise ConfigError(f"{key}={value} must be a positive multiple of {m} for model={model.name}")
-    steps = _int("steps", pick("steps"))
+    steps = d.steps if run.steps is None else run.steps
     if steps < 1:
         raise ConfigError(f"steps={steps} must be >= 1")
-    batch = _int("batch", cfg.get("batch", 1))
-    if batch < 1:
-        raise ConfigError(f"batch={batch} must be >= 1 (images per prompt)")
-    guidance = pick("guidance")
-    if isinstance(guidance, bool) or not isinstance(guidance, int | float):
-        raise ConfigError(f"guidance={guidance!r} must be a number")
+    if run.batch < 1:
+        raise ConfigError(f"batch={run.batch} must be >= 1 (images per prompt)")
+    guidance = d.guidance if run.guidance is None else run.guidance
     if guidance < 0:
         raise ConfigError(f"guidance={guidance} must be >= 0")
-    seed = _int("seed", cfg.get("seed", 0))
-    if not 0 <= seed < 2**63:
-        raise ConfigError(f"seed={seed} must be in [0, 2**63)")
-    noise = cfg.get("noise", "engine")
-    if noise not in NOISE_SOURCES:
-        raise ConfigError(f"noise={noise!r} is not one of {', '.join(NOISE_SOURCES)}")
-    prompts = _prompts(cfg.get("prompt"), "prompt", allow_none=False)
-    negatives = _prompts(cfg.get("negative_prompt"), "negative_prompt", allow_none=True)
+    if not 0 <= run.guidance_rescale <= 1:
+        raise ConfigError(f"guidance_rescale={run.guidance_rescale} must be in [0, 1]")
+    if not 0 <= run.seed < 2**63:
+        raise ConfigError(f"seed={run.seed} must be in [0, 2**63)")
+    if run.noise not in NOISE_SOURCES:
+        raise ConfigError(f"noise={run.noise!r} is not one of {', '.join(NOISE_SOURCES)}")
+    prompts = _prompts(run.prompt, "prompt", allow_none=False)
+    negatives = _prompts(run.negative_prompt, "negative_prompt", allow_none=True)
     if negatives is not None and len(negatives) not in (1, len(prompts)):
         raise ConfigError(
             f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; give one or the same number"
@@ -241,12 +325,14 @@ def parse_settings(cfg: Mapping[str, Any], model: ModelSpec) -> RunSettings:
     return RunSettings(
         prompts=prompts,
         negative_prompts=negatives,
-        images_per_prompt=batch,
+        images_per_prompt=run.batch,
         height=height,
         width=width,
         steps=steps,
         guidance=float(guidance),
-        seed=seed,
-        noise=noise,
-        quiet=bool(cfg.get("quiet", False)),
+        guidance_rescale=run.guidance_rescale,
+        seed=run.seed,
+        noise=run.noise,
+        quiet=run.quiet,
+        verify=run.verify,
     )

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from runner.errors import CapabilityError
-from runner.schema import BackendSpec, PrecisionSpec
+from runner.schema import BackendOptions, BackendSpec, PrecisionSpec
+
+DENOISER_ROLES = ("unet", "transformer")  # the roles compiling backends compile by default
+
+
+def denoiser_roles() -> list[str]:
+    return list(DENOISER_ROLES)
 
 
 class Backend(abc.ABC):
     """An engine plus a way to run it. Checks capabilities before any weights load."""
+
+    # The keys its YAML may set, their types and defaults (runner/schema.py: BackendOptions).
+    options_schema: type[BackendOptions] = BackendOptions
 
     def __init__(self, *, spec: BackendSpec) -> None:
         self.spec = spec
@@ -47,8 +57,11 @@ class Backend(abc.ABC):
 
     def compile_roles(self, components: Mapping[str, Any]) -> list[str]:
         """The configured `compile` roles this model has (denoisers: unet or transformer)."""
-        return [role for role in self.spec.options.get("compile", []) if role in components]
+        return [role for role in getattr(self.spec.options, "compile", ()) if role in components]
 
     def describe(self) -> dict[str, Any]:
         """Backend facts for report.json."""
-        return {"name": self.spec.name, "engine": self.spec.engine, **self.spec.options}
+        options = dataclasses.asdict(self.spec.options)
+        for key in ("name", "engine", "device"):  # the run section reports the device actually used
+            options.pop(key)
+        return {"name": self.spec.name, "engine": self.spec.engine, **options}

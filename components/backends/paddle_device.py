@@ -7,9 +7,12 @@ build feature they need and which device to use.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from components.backends.base import Backend
 from components.paddle import runtime
 from runner.errors import CapabilityError
+from runner.schema import BackendOptions
 
 FEATURE_NAMES = {
     "cuda": "CUDA (paddle.is_compiled_with_cuda())",
@@ -19,6 +22,12 @@ FEATURE_NAMES = {
     "tensorrt": "TensorRT (paddle.inference.get_trt_compile_version() is 0.0.0)",
 }
 ACCELERATOR_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class PaddleDeviceOptions(BackendOptions):
+    requires: list[str] = field(default_factory=list)  # build features the backend needs (FEATURE_NAMES)
+    dtypes: list[str] = field(default_factory=lambda: list(ACCELERATOR_DTYPES))  # off the CPU; the CPU runs fp32
 
 
 def require_features(backend: str, needed: list[str]) -> None:
@@ -37,8 +46,10 @@ def require_features(backend: str, needed: list[str]) -> None:
 class PaddleDeviceBackend(Backend):
     """Eager Paddle on one device. `device: auto` picks the first GPU when the build and machine have one."""
 
+    options_schema = PaddleDeviceOptions
+
     def resolve_device(self) -> str:
-        needed = list(self.spec.options.get("requires", []))
+        needed = list(self.spec.options.requires)
         require_features(self.spec.name, needed)
         device = self.spec.device
         if device == "auto":
@@ -61,7 +72,7 @@ class PaddleDeviceBackend(Backend):
     def supported_dtypes(self, device: str) -> tuple[str, ...]:
         if device == "cpu":
             return ("float32",)
-        return tuple(self.spec.options.get("dtypes", ACCELERATOR_DTYPES))
+        return tuple(self.spec.options.dtypes)
 
     def dtype_reason(self, device: str) -> str:
         if device == "cpu":

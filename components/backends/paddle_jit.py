@@ -12,9 +12,11 @@ was slower than eager on the CPU measurements behind this choice.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from components.backends.paddle_device import PaddleDeviceBackend
+from components.backends.base import denoiser_roles
+from components.backends.paddle_device import PaddleDeviceBackend, PaddleDeviceOptions
 from components.paddle import runtime
 from runner.hooks import HookRegistry, ModelHook, bypassed, register_hook, registries_in
 
@@ -51,13 +53,20 @@ class PaddleStaticHook(ModelHook):
         self._static = None
 
 
+@dataclass(frozen=True)
+class PaddleJitOptions(PaddleDeviceOptions):
+    compile: list[str] = field(default_factory=denoiser_roles)  # component roles converted to static graphs
+    compiler: str | None = None  # None: Paddle's executor; "CINN": the CINN compiler
+
+
 class PaddleJitBackend(PaddleDeviceBackend):
     """Eager Paddle for everything, the `compile` roles (denoisers) converted to static graphs."""
 
+    options_schema = PaddleJitOptions
+
     def prepare(self, components: Mapping[str, Any], engine: Any) -> None:
-        compiler = self.spec.options.get("compiler")  # None: Paddle's executor; "CINN": the CINN compiler
         for role in self.compile_roles(components):
-            register_hook(components[role], HOOK_NAME, PaddleStaticHook(compiler))
+            register_hook(components[role], HOOK_NAME, PaddleStaticHook(self.spec.options.compiler))
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "compiled": list(self.spec.options.get("compile", []))}
+        return {**super().describe(), "compiled": list(self.spec.options.compile)}

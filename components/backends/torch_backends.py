@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from components.backends.base import Backend
+from components.backends.base import Backend, denoiser_roles
 from components.torch import runtime
 from runner.errors import CapabilityError
 from runner.hooks import HookRegistry, ModelHook, bypassed, register_hook, registries_in
+from runner.schema import BackendOptions
 
 ALL_DTYPES = ("float32", "float16", "bfloat16")
 HOOK_NAME = "inductor"
@@ -81,9 +83,19 @@ class TorchCompileHook(ModelHook):
         return out
 
 
+@dataclass(frozen=True)
+class InductorOptions(BackendOptions):
+    compile: list[str] = field(default_factory=denoiser_roles)  # component roles compiled
+    mode: str | None = None  # torch.compile mode: None (default), reduce-overhead, max-autotune, ...
+    fullgraph: bool = False
+    dynamic: bool | None = None
+
+
 class InductorBackend(TorchBackend):
     """torch.compile on the denoiser. Options: mode (default, reduce-overhead, max-autotune...),
     fullgraph, dynamic."""
+
+    options_schema = InductorOptions
 
     def __init__(self, *, spec: Any) -> None:
         super().__init__(spec=spec)
@@ -98,11 +110,7 @@ class InductorBackend(TorchBackend):
 
     def prepare(self, components: Mapping[str, Any], engine: Any) -> None:
         o = self.spec.options
-        options = {
-            "mode": o.get("mode") or None,
-            "fullgraph": bool(o.get("fullgraph", False)),
-            "dynamic": o.get("dynamic"),
-        }
+        options = {"mode": o.mode or None, "fullgraph": o.fullgraph, "dynamic": o.dynamic}
         for role in self.compile_roles(components):
             hook = TorchCompileHook(options, engine.synchronize)
             self._hooks[role] = register_hook(components[role], HOOK_NAME, hook)

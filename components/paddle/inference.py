@@ -38,8 +38,8 @@ class InferenceOptions:
     onednn: bool
     tensorrt: bool
     cache_dir: Path
-    workspace_mb: int = 4096
-    min_subgraph_size: int = 3
+    workspace_mb: int  # defaults: PaddleInferenceOptions (components/backends/paddle_inference.py)
+    min_subgraph_size: int
 
 
 def default_cache_dir() -> Path:

@@ -7,6 +7,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from components.stages.guidance import GUIDANCE_INPUTS, GuidanceParams
 from runner.graph import RunContext, Stage, make_part
 from runner.scheduling import step_kwargs_for
 
@@ -30,17 +31,20 @@ class DenoiseLoop(Stage):
         self.predictor = make_part("predictor", predictor, f"stage {name!r}")
         self.guidance = make_part("guidance", guidance, f"stage {name!r}")
         self.scheduler = scheduler
-        extra = [k for k in self.predictor.state_keys if k not in ("latents", "guidance")]
-        self.inputs = ("latents", "timesteps", "guidance", *extra)
+        extra = [k for k in self.predictor.state_keys if k not in ("latents", *GUIDANCE_INPUTS)]
+        self.inputs = ("latents", "timesteps", *GUIDANCE_INPUTS, *extra)
         self.outputs = ("latents",)
         self.components = (*self.predictor.components, scheduler)
+
+    def check_run(self, values: Mapping[str, Any], where: str) -> str | None:
+        return self.guidance.check(GuidanceParams.from_state(values), where)
 
     def run(self, state: Mapping[str, Any], ctx: RunContext) -> dict[str, Any]:
         engine = ctx.engine
         scheduler = ctx.components[self.scheduler]
         self.predictor.check(ctx.components)
-        scale = state["guidance"]
-        cond = self.guidance.batch_conditioning(state, self.predictor.batched_keys, engine, scale)
+        params = GuidanceParams.from_state(state)
+        cond = self.guidance.batch_conditioning(state, self.predictor.batched_keys, engine, params)
         cond.update(self.predictor.prepare(state, ctx.components, engine))
         step_kwargs = step_kwargs_for(scheduler, ctx.generator)
         latents = state["latents"]
@@ -49,11 +53,11 @@ class DenoiseLoop(Stage):
         timer = engine.step_timer()
         timer.mark()
         for t in timesteps:
-            model_input = self.guidance.expand(latents, engine, scale)
+            model_input = self.guidance.expand(latents, engine, params)
             if hasattr(scheduler, "scale_model_input"):  # flow-matching schedulers have no input scaling
                 model_input = scheduler.scale_model_input(model_input, t)
             prediction = self.predictor(ctx.components, engine, model_input, t, cond)
-            prediction = self.guidance.combine(prediction, scale)
+            prediction = self.guidance.combine(prediction, params)
             latents = scheduler.step(prediction, t, latents, return_dict=False, **step_kwargs)[0]
             timer.mark()
             bar.update()

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from components.stages.common import repeat_per_image
-from components.stages.guidance import cfg_active
+from components.stages.guidance import GUIDANCE_INPUTS, wants_negative
 from runner.errors import ConfigError
 from runner.graph import RunContext, Stage
 
@@ -45,7 +45,7 @@ def negatives_for(state: Mapping[str, Any]) -> list[str]:
 
 
 class ClipTextEncode(Stage):
-    """Encode prompts (and negative prompts when classifier-free guidance is on) with CLIP encoders.
+    """Encode prompts (and negative prompts when the run's guidance method uses them) with CLIP encoders.
 
     encoders: list of {tokenizer: role, text_encoder: role}; their hidden states are concatenated on
         the feature axis (SDXL concatenates CLIP-L and OpenCLIP-bigG this way).
@@ -74,7 +74,7 @@ class ClipTextEncode(Stage):
         self.layer = layer
         self.pooled = pooled
         self.force_zeros_default = force_zeros_for_empty_prompt
-        self.inputs = ("prompts", "negative_prompts", "images_per_prompt", "guidance")
+        self.inputs = ("prompts", "negative_prompts", "images_per_prompt", *GUIDANCE_INPUTS)
         self.components = tuple(role for pair in self.pairs for role in pair)
         outputs = ["prompt_embeds", "negative_prompt_embeds"]
         if pooled:
@@ -85,7 +85,7 @@ class ClipTextEncode(Stage):
         n = state["images_per_prompt"]
         embeds, pooled = self._encode(state["prompts"], ctx)
         negative, negative_pooled = None, None
-        if cfg_active(state["guidance"]):
+        if wants_negative(state, ctx):
             force_zeros = ctx.pipeline_config.get("force_zeros_for_empty_prompt", self.force_zeros_default)
             if state["negative_prompts"] is None and force_zeros:
                 negative = ctx.engine.zeros_like(embeds)
@@ -141,7 +141,7 @@ class SD3TextEncode(Stage):
         self.clips = [_pair(name, pair) for pair in clip_encoders]
         self.t5 = _pair(name, t5)
         self.max_sequence_length = max_sequence_length
-        self.inputs = ("prompts", "negative_prompts", "images_per_prompt", "guidance")
+        self.inputs = ("prompts", "negative_prompts", "images_per_prompt", *GUIDANCE_INPUTS)
         self.outputs = (
             "prompt_embeds",
             "negative_prompt_embeds",
@@ -155,7 +155,7 @@ class SD3TextEncode(Stage):
         embeds, pooled = self._encode(state["prompts"], ctx)
         out = {"prompt_embeds": repeat_per_image(embeds, n), "pooled_prompt_embeds": repeat_per_image(pooled, n)}
         out["negative_prompt_embeds"] = out["negative_pooled_prompt_embeds"] = None
-        if cfg_active(state["guidance"]):
+        if wants_negative(state, ctx):
             negative, negative_pooled = self._encode(negatives_for(state), ctx)
             out["negative_prompt_embeds"] = repeat_per_image(negative, n)
             out["negative_pooled_prompt_embeds"] = repeat_per_image(negative_pooled, n)

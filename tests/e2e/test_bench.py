@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from runner.app import load_pipeline
-from runner.bench import count_denoiser_flops, parse_bench
+from runner.app import create_engine, load_pipeline
+from runner.bench import count_denoiser_flops, measure_reference, parse_bench
 from runner.errors import ConfigError
 from runner.plan import plan_run
+from runner.schema import BenchSettings
 from tests.support.cases import names
 from tests.support.configs import compose_config
 from tests.support.runs import run_cli
@@ -87,3 +88,41 @@ def test_multirun_bench_writes_one_summary(tmp_path):
 def test_bad_bench_settings(key, value):
     with pytest.raises(ConfigError, match=rf"mode.{key}={value} must be an integer >= "):
         parse_bench({"name": "bench", "warmup": 1, "repeats": 1, key: value})
+
+
+def test_bad_bench_setting_types_are_named():
+    with pytest.raises(ConfigError, match=r"^mode.repeats='many' must be an integer$"):
+        parse_bench({"name": "bench", "repeats": "many"})
+    with pytest.raises(ConfigError, match=r"^mode=bench has no option 'warmups'; it accepts: name, reference"):
+        parse_bench({"name": "bench", "warmups": 2})
+    assert parse_bench({"name": "bench"}) == BenchSettings(name="bench")  # the defaults, written once
+
+
+class StockWithRescale:
+    """Stands in for a stock pipeline: records the arguments it is called with."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __call__(self, prompt=None, negative_prompt=None, num_images_per_prompt=1, height=None, width=None,
+                 num_inference_steps=1, guidance_scale=1.0, guidance_rescale=0.0, output_type="np",
+                 callback_on_step_end=None, generator=None):  # fmt: skip
+        self.calls.append({"guidance_scale": guidance_scale, "guidance_rescale": guidance_rescale})
+
+
+class StockWithoutRescale:
+    def __call__(self, prompt=None, guidance_scale=1.0, output_type="np", generator=None):
+        pass
+
+
+def test_reference_pipeline_gets_the_guidance_rescale(monkeypatch):
+    plan = plan_run(compose_config(["backend=torch", "guidance=6", "guidance_rescale=0.3", "steps=1"]))
+    engine = create_engine(plan)
+    bench = BenchSettings(name="bench", warmup=0, repeats=1)
+    stock = StockWithRescale()
+    monkeypatch.setattr(engine, "stock_pipeline", lambda class_name, components: stock)
+    assert "note" not in measure_reference(plan, engine, {}, bench)
+    assert stock.calls == [{"guidance_scale": 6.0, "guidance_rescale": 0.3}]
+    monkeypatch.setattr(engine, "stock_pipeline", lambda class_name, components: StockWithoutRescale())
+    note = measure_reference(plan, engine, {}, bench)["note"]
+    assert note == "StableDiffusionPipeline takes no guidance_rescale; its guidance is not rescaled"

@@ -106,12 +106,23 @@ BAD_INPUTS = [
     (["backend=xpu"], r"error: backend=xpu needs a Paddle build with Kunlun XPU"),
     (["backend=dcu"], r"error: backend=dcu needs a Paddle build with ROCm"),
     (["backend.device=gpu:1"], r"error: backend=paddle needs a Paddle build with CUDA"),
+    (["steps=two"], r"error: steps='two' must be an integer$"),
+    (["backend=tensorrt", "backend.workspace_mb=lots"], r"error: backend.workspace_mb='lots' must be an integer$"),
+    (
+        ["+backend.workspace_mb=1"],
+        r"error: backend=paddle has no option 'workspace_mb'; it accepts: device, dtypes",
+    ),
+    (["guidance_rescale=1.5"], r"error: guidance_rescale=1.5 must be in \[0, 1\]$"),
+    (
+        ["model=tiny_flux", "guidance_rescale=0.5"],
+        r"error: guidance_rescale=0.5 needs classifier-free guidance, which model=tiny_flux does not use",
+    ),
 ]
 
 
-# From precision=fp16 on, the checks import Paddle in the subprocess (seconds each): the fast subset keeps
-# the config errors and the first of those.
-@pytest.mark.parametrize("args,message", slow_except(BAD_INPUTS, *BAD_INPUTS[:7]))
+# From precision=fp16 to the device request, the checks import Paddle in the subprocess (seconds each): the
+# fast subset keeps the config errors and the first of those.
+@pytest.mark.parametrize("args,message", slow_except(BAD_INPUTS, *BAD_INPUTS[:7], *BAD_INPUTS[12:]))
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "run"
     proc = run_cli([*args, f"hydra.run.dir={out}"])
@@ -121,6 +132,16 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, mess
     assert re.match(message, errors[0]), errors[0]
     assert "Traceback" not in proc.stderr
     assert not out.exists(), f"the failed run left {sorted(p.name for p in out.iterdir())}"
+
+
+@pytest.mark.slow
+def test_guidance_rescale_lands_in_the_report_and_the_png_metadata(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(["guidance_rescale=0.5", "steps=1", "quiet=true", f"hydra.run.dir={out}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["run"]["guidance_rescale"] == 0.5 and report["config"]["guidance_rescale"] == 0.5
+    assert read_png_metadata(out / "image_000.png")["guidance_rescale"] == "0.5"
 
 
 @pytest.mark.slow

@@ -32,6 +32,28 @@ def test_same_image_on_both_engines(tiny_weights, model):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny_sd15", "tiny_sdxl", "tiny_sd3"])
+def test_guidance_rescale_is_the_same_on_both_engines(tiny_weights, model):
+    common = [
+        f"model={model}",
+        f"model.weights={tiny_weights(model)}",
+        "noise=numpy",
+        "seed=21",
+        "batch=2",
+        "height=64",
+        "width=48",
+        "steps=3",
+        "guidance=12",
+        "guidance_rescale=0.7",
+        "negative_prompt=blurry",
+    ]
+    paddle_images = runner_images([*common, "backend=paddle"])
+    torch_images = runner_images([*common, "backend=torch"])
+    assert paddle_images.std() > 1.0
+    assert max_pixel_diff(paddle_images, torch_images) <= 2
+
+
+@pytest.mark.slow
 def test_engine_noise_differs_between_engines_but_numpy_noise_does_not(tiny_weights):
     """The default (each engine's own generator) is what makes the stock-pipeline equivalence hold;
     it is not the same noise across engines, which is why noise=numpy exists."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from runner.errors import ConfigError
-from runner.schema import parse_settings
+from runner.plan import plan_run
+from runner.schema import RunParams, parse_settings
 from tests.support.configs import compose_config, model_spec
 
 
@@ -53,3 +54,39 @@ def test_prompt_lists_and_negative_prompts_pair_up():
     assert s.prompts == ("a fox", "a cat") and s.negative_prompts == ("blurry", "blurry") and s.num_images == 4
     with pytest.raises(ConfigError, match=r"negative_prompt has 3 entries but prompt has 2"):
         settings("prompt=[a,b]", "negative_prompt=[x,y,z]")
+
+
+def test_guidance_rescale_defaults_to_off_and_takes_a_fraction():
+    assert settings().guidance_rescale == RunParams().guidance_rescale == 0.0
+    assert settings("guidance_rescale=0.7").guidance_rescale == 0.7
+    assert settings("guidance_rescale=1").guidance_rescale == 1.0
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("guidance_rescale=1.5", r"^guidance_rescale=1.5 must be in \[0, 1\]$"),
+        ("guidance_rescale=-0.1", r"^guidance_rescale=-0.1 must be in \[0, 1\]$"),
+        ("guidance_rescale=much", r"^guidance_rescale='much' must be a number$"),
+        ("quiet=maybe", r"^quiet='maybe' must be true or false$"),
+        ("seed=1.5", r"^seed=1.5 must be an integer$"),
+        ("+colour=red", r"^the run config has no parameter 'colour'; it accepts: batch, guidance, guidance_rescale,"),
+    ],
+)
+def test_more_bad_values_give_one_line_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        settings(override)
+
+
+def test_guidance_rescale_needs_a_model_with_classifier_free_guidance():
+    with pytest.raises(
+        ConfigError, match=r"^guidance_rescale=0.5 needs classifier-free guidance, which model=tiny_flux"
+    ):
+        plan_run(compose_config(["model=tiny_flux", "guidance_rescale=0.5"]), check_capabilities=False)
+    plan = plan_run(compose_config(["model=tiny_flux", "guidance_rescale=0"]), check_capabilities=False)
+    assert plan.settings.guidance_rescale == 0.0
+
+
+def test_guidance_rescale_without_active_guidance_warns(caplog):
+    plan_run(compose_config(["guidance=1", "guidance_rescale=0.5"]), check_capabilities=False)
+    assert any("guidance_rescale=0.5 has no effect at guidance=1.0" in r.message for r in caplog.records)
