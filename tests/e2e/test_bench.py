@@ -12,7 +12,7 @@ from runner.bench import count_denoiser_flops, measure_reference, parse_bench
 from runner.errors import ConfigError
 from runner.plan import plan_run
 from runner.schema import BenchSettings
-from tests.support.cases import names
+from tests.support.cases import names, slow_except
 from tests.support.configs import compose_config
 from tests.support.runs import run_cli
 
@@ -40,7 +40,7 @@ def test_bench_report_and_table(tmp_path, backend):
     assert report["images"] == ["image_000.png"] and (out / "image_000.png").is_file()
 
 
-@pytest.mark.parametrize("model", names())
+@pytest.mark.parametrize("model", slow_except(names(), "tiny_sd15"))
 def test_flop_counts_agree_across_engines(model):
     """Paddle's counter (hooks + patched matmul/attention) and PyTorch's FlopCounterMode count the same
     denoiser call within 1%."""

@@ -26,10 +26,13 @@ def test_inductor_matches_eager_torch():
     [
         (["backend=inductor"], {"CXX": "/nonexistent/g++"},
          r"error: backend=inductor cannot compile here: inductor on CPU compiles with \$CXX=/nonexistent/g\+\+"),
-        (["backend=torch", "backend.device=cuda"], {},
-         r"error: backend=torch asks for device cuda, but torch .* sees no CUDA GPU"),
-        (["backend=torch", "backend.device=mps"], {},
-         r"error: backend=torch: device 'mps' is not one of auto, cpu, cuda, cuda:N"),
+        # Each check is a CLI run importing torch (seconds): the fast subset keeps the first.
+        pytest.param(["backend=torch", "backend.device=cuda"], {},
+                     r"error: backend=torch asks for device cuda, but torch .* sees no CUDA GPU",
+                     marks=pytest.mark.slow),
+        pytest.param(["backend=torch", "backend.device=mps"], {},
+                     r"error: backend=torch: device 'mps' is not one of auto, cpu, cuda, cuda:N",
+                     marks=pytest.mark.slow),
     ],
 )  # fmt: skip
 def test_capability_errors(tmp_path, args, env, message):
