@@ -40,7 +40,7 @@ def test_bench_report_and_table(tmp_path, backend):
     assert report["images"] == ["image_000.png"] and (out / "image_000.png").is_file()
 
 
-@pytest.mark.parametrize("model", slow_except(names(), "tiny_sd15"))
+@pytest.mark.parametrize("model", slow_except(names()))  # two engines' FLOP counters: slow
 def test_flop_counts_agree_across_engines(model):
     """Paddle's counter (hooks + patched matmul/attention) and PyTorch's FlopCounterMode count the same
     denoiser call within 1%."""

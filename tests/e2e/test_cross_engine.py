@@ -12,7 +12,7 @@ from tests.support.cases import case, names, slow_except
 from tests.support.runs import max_pixel_diff, runner_images
 
 
-@pytest.mark.parametrize("model", slow_except(names(), "tiny_sd15"))
+@pytest.mark.parametrize("model", slow_except(names()))  # cross-engine runs are long: all slow
 def test_same_image_on_both_engines(tiny_weights, model):
     common = [
         f"model={model}",

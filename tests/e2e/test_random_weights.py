@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from components.host_memory import PeakRssSampler
+from tests.support.cases import slow_except
 from tests.support.configs import model_spec
 
 
@@ -20,7 +21,7 @@ def build_engine(engine_name: str):
     return TorchEngine(device="cpu", dtype="bfloat16")
 
 
-@pytest.mark.parametrize("engine_name", ["paddle", "torch"])
+@pytest.mark.parametrize("engine_name", slow_except(["paddle", "torch"], "torch"))
 def test_full_width_flux_is_built_directly_in_bf16(engine_name):
     """Full-width Flux blocks (3072 wide, 24 heads; two blocks to keep the test small) built at random:
     peak memory grows by the bf16 size, not by an fp32 copy's. Checked on the CPU; the same context puts

@@ -90,6 +90,7 @@ def test_torch_engine_matches_diffusers(tiny_weights, model, scheduler, negative
 RESCALE_CASES = [("tiny_sd15", "blurry"), ("tiny_sdxl", None)]
 
 
+@pytest.mark.slow  # the fast subset checks the rescale in-process (tests/unit/test_guidance.py)
 @pytest.mark.parametrize("model,negative", RESCALE_CASES)
 def test_guidance_rescale_matches_diffusers(tiny_weights, model, negative):
     weights = tiny_weights(model)
