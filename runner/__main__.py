@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from runner.app import run_job
+from runner.api import run_job
 from runner.config_store import register_schema_defaults
 from runner.errors import RunnerError
 from runner.schema import parse_mode

@@ -1,4 +1,4 @@
-"""One run: plan (validate) -> build components -> prepare backend -> execute stages -> write outputs."""
+"""Build a plan (engine, components, passes, backend) and execute its stages. runner/api.py drives it."""
 
 from __future__ import annotations
 
@@ -6,21 +6,16 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from runner import registry
 from runner.executor import Execution, execute
-from runner.files import write_json_atomic
 from runner.graph import RunContext
 from runner.hooks import hooks_in
-from runner.images import save_png
 from runner.pass_base import Pass
 from runner.pass_manager import PassReport, apply_passes, instantiate, remove_passes
-from runner.plan import RunPlan, describe_plan, plan_run
-from runner.report import REPORT_NAME, build_report
+from runner.plan import RunPlan
 from runner.scheduling import make_checked_scheduler
-from runner.schema import to_plain
 from runner.verify import install_verification
 
 log = logging.getLogger(__name__)
@@ -116,57 +111,3 @@ def generate(plan: RunPlan, engine: Any, components: Mapping[str, Any]) -> Execu
         progress=not plan.settings.quiet,
     )
     return execute(plan.stages, plan.settings, ctx)
-
-
-def image_metadata(plan: RunPlan, index: int) -> dict[str, Any]:
-    s = plan.settings
-    prompt_index = index // s.images_per_prompt
-    negative = s.negative_prompts[prompt_index] if s.negative_prompts else ""
-    run = describe_plan(plan)
-    return {
-        "prompt": s.prompts[prompt_index],
-        "negative_prompt": negative,
-        "seed": s.seed,
-        "batch_index": index,
-        **{k: run[k] for k in ("model", "backend", "precision", "scheduler", "scheduler_class")},
-        **{k: run[k] for k in ("steps", "guidance", "guidance_rescale", "height", "width", "noise")},
-    }
-
-
-def write_outputs(plan: RunPlan, execution: Execution, output_dir: Path) -> list[str]:
-    names = []
-    for index, image in enumerate(execution.state["images"]):
-        name = f"image_{index:03d}.png"
-        save_png(output_dir / name, image, image_metadata(plan, index))
-        names.append(name)
-    return names
-
-
-def job_report(cfg: Mapping[str, Any], built: BuiltPipeline, execution: Execution, output_dir: Path) -> dict[str, Any]:
-    """Write the images of `execution` and return the report of the job (not yet written)."""
-    plan = built.plan
-    images = write_outputs(plan, execution, output_dir)
-    report = build_report(
-        images=images,
-        stage_ms=execution.stage_ms,
-        step_ms=execution.step_ms,
-        num_images=plan.settings.num_images,
-        peak_memory_mb=execution.peak_memory_mb,
-        load_ms=built.load_ms,
-        run=describe_plan(plan),
-        backend=built.backend.describe(),
-        config=to_plain(cfg),
-        engine_versions=built.engine.versions(),
-    )
-    report["passes"] = built.passes_report()
-    report["components"] = built.components_report()
-    return report
-
-
-def run_job(cfg: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
-    """Run one configured job end to end; return the report (also written to output_dir/report.json)."""
-    built = build_pipeline(plan_run(cfg))
-    report = job_report(cfg, built, built.generate(), output_dir)
-    write_json_atomic(output_dir / REPORT_NAME, report)
-    log.info("wrote %d image(s) and %s to %s", len(report["images"]), REPORT_NAME, output_dir)
-    return report

@@ -16,13 +16,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from runner.app import BuiltPipeline, job_report, load_pipeline, optimize
+from runner.api import Pipeline
+from runner.app import BuiltPipeline, load_pipeline, optimize
 from runner.errors import ConfigError, RunnerError
 from runner.executor import execute
-from runner.files import write_json_atomic
 from runner.graph import RunContext
 from runner.plan import RunPlan, plan_run
-from runner.report import REPORT_NAME, summarize_ms
+from runner.report import summarize_ms
 from runner.schema import BenchSettings
 from runner.tables import bench_table
 from runner.typed import typed
@@ -152,9 +152,8 @@ def run_bench(cfg: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
     optimize(built)
     runner = measure_runner(built, bench)
     last = dataclasses.replace(runner.pop("last_run"), peak_memory_mb=runner["peak_memory_mb"])
-    report = job_report(cfg, built, last, output_dir)
-    report["bench"] = bench_section(bench, runner, flops, reference)
-    write_json_atomic(output_dir / REPORT_NAME, report)
+    section = bench_section(bench, runner, flops, reference)
+    report = Pipeline(cfg, built).generation_of(last).save(output_dir, extra={"bench": section})
     print(bench_table(report), flush=True)
     return report
 

@@ -31,6 +31,7 @@ def initial_state(settings: RunSettings) -> dict[str, Any]:
         "guidance": settings.guidance,
         "guidance_rescale": settings.guidance_rescale,
         "seed": settings.seed,
+        "seed_rows": settings.seed_rows,
     }
 
 

@@ -29,6 +29,7 @@ RUN_INPUTS: tuple[str, ...] = (
     "guidance",
     "guidance_rescale",
     "seed",
+    "seed_rows",
 )
 # What the last stage must have produced: uint8 images, [N, H, W, 3].
 RUN_OUTPUTS: tuple[str, ...] = ("images",)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,24 @@ from PIL import Image, PngImagePlugin
 from runner.files import write_atomic
 
 
-def save_png(path: Path, image: np.ndarray, metadata: Mapping[str, Any]) -> None:
-    """Save a uint8 [H, W, 3] array as PNG with each metadata entry as a tEXt/iTXt chunk."""
+def _png_info(metadata: Mapping[str, Any]) -> PngImagePlugin.PngInfo:
     info = PngImagePlugin.PngInfo()
     for key, value in metadata.items():
         info.add_itxt(key, "" if value is None else str(value))
+    return info
+
+
+def save_png(path: Path, image: np.ndarray, metadata: Mapping[str, Any]) -> None:
+    """Save a uint8 [H, W, 3] array as PNG with each metadata entry as an iTXt chunk (atomically)."""
     picture = Image.fromarray(image)
-    write_atomic(path, lambda f: picture.save(f, format="PNG", pnginfo=info))
+    write_atomic(path, lambda f: picture.save(f, format="PNG", pnginfo=_png_info(metadata)))
+
+
+def png_bytes(image: np.ndarray, metadata: Mapping[str, Any]) -> bytes:
+    """The PNG `save_png` would write, in memory."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", pnginfo=_png_info(metadata))
+    return buffer.getvalue()
 
 
 def read_png_metadata(path: Path) -> dict[str, str]:

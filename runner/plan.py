@@ -8,7 +8,7 @@ the precision on its device. Every failure is a one-line ConfigError / Capabilit
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,16 +57,10 @@ def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan
     """Validate everything that can be validated without loading weights."""
     model = parse_model(cfg["model"])
     settings = parse_settings(cfg, model)
-    if not model.guidance_used and cfg.get("guidance") is not None:
-        log.warning("model=%s ignores guidance=%s: its denoiser takes no guidance", model.name, cfg["guidance"])
     weights_dir, pipeline_config = check_weights_dir(model)
     scheduler = choose_scheduler(parse_scheduler(cfg["scheduler"]), model, weights_dir)
     stages = build_graph(model.stages, [*model.components, "scheduler"])
-    check_run_values(stages, initial_state(settings), f"model={model.name}")
-    if settings.negative_prompts and not any("negative_prompts" in stage.inputs for stage in stages):
-        log.warning(
-            "model=%s ignores negative_prompt: none of its stages reads it (no classifier-free guidance)", model.name
-        )
+    check_settings(settings, model, stages, guidance_given=cfg.get("guidance") is not None)
     backend = parse_backend(cfg["backend"])
     precision = parse_precision(cfg["precision"])
     return RunPlan(
@@ -82,6 +76,17 @@ def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan
         verify=settings.verify,
         device=check_backend(backend, precision) if check_capabilities else None,
     )
+
+
+def check_settings(settings: RunSettings, model: ModelSpec, stages: Sequence[Stage], *, guidance_given: bool) -> None:
+    """What the stages say about the run values (ConfigError), and warnings for values the model ignores."""
+    if not model.guidance_used and guidance_given:
+        log.warning("model=%s ignores guidance=%s: its denoiser takes no guidance", model.name, settings.guidance)
+    check_run_values(stages, initial_state(settings), f"model={model.name}")
+    if settings.negative_prompts and not any("negative_prompts" in stage.inputs for stage in stages):
+        log.warning(
+            "model=%s ignores negative_prompt: none of its stages reads it (no classifier-free guidance)", model.name
+        )
 
 
 def check_backend(spec: BackendSpec, precision: PrecisionSpec) -> str:

@@ -79,3 +79,21 @@ def make_checked_scheduler(choice: SchedulerChoice, steps: int, engine: Any) -> 
             f"({versions}): {type(exc).__name__}: {detail}; choose another scheduler"
         ) from exc
     return engine.make_scheduler(choice.class_name, choice.config)
+
+
+def draws_step_noise(choice: SchedulerChoice, engine: Any) -> bool:
+    """Whether the sampler's step draws noise (ancestral, DDPM, SDE): one step on the same input with two
+    different generators gives different latents. Requests on such a sampler cannot share a batch, since
+    a batch draws its step noise from one generator."""
+    outputs = []
+    for seed in (0, 1):
+        scheduler = engine.make_scheduler(choice.class_name, choice.config)
+        if getattr(scheduler.config, "use_dynamic_shifting", False):
+            scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.5, 2), mu=1.0)
+        else:
+            scheduler.set_timesteps(2)
+        latents = engine.cast(engine.tensor(np.full((1, 1, 2, 2), 0.5, dtype=np.float32)), engine.dtype)
+        t = scheduler.timesteps[0]
+        step_kwargs = step_kwargs_for(scheduler, engine.generator(seed))
+        outputs.append(engine.to_numpy(scheduler.step(latents * 0.1, t, latents, return_dict=False, **step_kwargs)[0]))
+    return not np.array_equal(outputs[0], outputs[1])

@@ -65,6 +65,9 @@ class RunSettings:
     noise: str
     quiet: bool
     verify: bool
+    # Requests merged into one denoise batch: (seed, images) per request, in row order. Each request's rows
+    # get the noise its seed gives it alone. Empty: one request, every row drawn from `seed`.
+    seed_rows: tuple[tuple[int, int], ...] = ()
 
     @property
     def num_images(self) -> int:

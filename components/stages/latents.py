@@ -17,18 +17,34 @@ def vae_scale_factor(vae: Any) -> int:
 
 def initial_noise(shape: list[int], state: Mapping[str, Any], ctx: RunContext) -> Any:
     """Noise from the engine's own generator (as the stock pipelines draw it) or from NumPy (noise=numpy),
-    which gives the same numbers on every engine."""
+    which gives the same numbers on every engine.
+
+    Requests merged into one batch (state["seed_rows"]) each get the block of rows their own seed draws
+    when they run alone, so merging never changes an image.
+    """
     engine = ctx.engine
-    if ctx.noise == "numpy":
-        return engine.numpy_randn(shape, state["seed"], engine.dtype)
-    return engine.randn(shape, ctx.generator, engine.dtype)
+    groups = state.get("seed_rows") or ()
+    if not groups:
+        if ctx.noise == "numpy":
+            return engine.numpy_randn(shape, state["seed"], engine.dtype)
+        return engine.randn(shape, ctx.generator, engine.dtype)
+    if sum(rows for _, rows in groups) != shape[0]:
+        raise ValueError(f"seed_rows {groups} do not add up to the batch of {shape[0]} rows")
+    blocks = []
+    for seed, rows in groups:
+        block = [rows, *shape[1:]]
+        if ctx.noise == "numpy":
+            blocks.append(engine.numpy_randn(block, seed, engine.dtype))
+        else:
+            blocks.append(engine.randn(block, engine.generator(seed), engine.dtype))
+    return engine.cat(blocks, dim=0)
 
 
 class _LatentStage(Stage):
     def __init__(self, *, name: str, denoiser: str, vae: str, scheduler: str) -> None:
         super().__init__(name=name)
         self.denoiser, self.vae, self.scheduler = denoiser, vae, scheduler
-        self.inputs = ("prompts", "images_per_prompt", "height", "width", "steps", "seed")
+        self.inputs = ("prompts", "images_per_prompt", "height", "width", "steps", "seed", "seed_rows")
         self.outputs = ("latents", "timesteps")
         self.components = (denoiser, vae, scheduler)
 

@@ -1,0 +1,324 @@
+"""The Python API: load a pipeline once (compose -> plan -> build -> passes -> backend), generate many times.
+
+    import runner
+    pipe = runner.load(["model=sd15", "model.weights=/models/sd15", "backend=torch", "passes=default"])
+    image = pipe.text_to_image("a red fox", negative_prompt="blurry", seed=3)
+    result = pipe.generate(prompt=["a", "b"], seed=7, steps=20, height=512, width=768)
+    result.save("out/")  # PNGs with their parameters + report.json
+
+The CLI (`mode=run`), the HTTP server and batch jobs all call `Pipeline.generate_batch`; nothing about models,
+engines or passes is decided twice. Per-call run parameters are validated exactly as the CLI validates its
+overrides (same one-line `ConfigError` messages), before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+from PIL import Image
+
+from runner.app import BuiltPipeline, build_pipeline, generate
+from runner.conf_index import CONF_DIR, config_groups
+from runner.config_store import register_schema_defaults
+from runner.errors import ConfigError, RunnerError
+from runner.executor import Execution
+from runner.files import write_json_atomic
+from runner.images import png_bytes, save_png
+from runner.infotext import infotext, sampler_label
+from runner.plan import RunPlan, check_settings, describe_plan, plan_run
+from runner.report import REPORT_NAME, build_report
+from runner.scheduling import draws_step_noise
+from runner.schema import RunSettings, parse_settings, to_plain
+
+log = logging.getLogger(__name__)
+
+# The run parameters a call may set; the rest of the config (quiet, verify, noise) is fixed at load.
+RUN_PARAMETERS = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "guidance",
+    "guidance_rescale",
+    "height",
+    "width",
+    "batch",
+)
+
+
+class NonFiniteOutputError(RunnerError):
+    """The denoiser produced NaN or infinite latents (an fp16 overflow, broken weights): no image is returned."""
+
+    exit_code = 1
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config the CLI composes for these overrides (Hydra's compose API; no run directory).
+
+    A bad override (an unknown group option, a malformed override) is a one-line ConfigError."""
+    register_schema_defaults()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            return hydra_compose(config_name="config", overrides=list(overrides))
+    except HydraException as err:
+        # Hydra appends its search path to "could not find" messages: noise for a one-line error.
+        message = str(err).split("Config search path")[0]
+        raise ConfigError(" ".join(message.split())) from err
+
+
+def load(overrides: Sequence[str] = ()) -> Pipeline:
+    """Compose the config for `overrides` (as `python -m runner OVERRIDES` would), plan it, load the weights,
+    apply the passes and the backend: a pipeline ready to generate."""
+    if isinstance(overrides, str):
+        raise TypeError("load() takes a list of overrides, e.g. ['model=sd15', 'backend=torch'], not one string")
+    return Pipeline.from_config(compose(overrides))
+
+
+@dataclass
+class Generation:
+    """The images of one request (uint8 [H, W, 3] arrays, in prompt-major order), the PNG text chunks of
+    each, and the report (report.json's content; `images` is filled in by `save`)."""
+
+    settings: RunSettings
+    arrays: list[np.ndarray]
+    metadata: list[dict[str, Any]]
+    report: dict[str, Any]
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [Image.fromarray(array) for array in self.arrays]
+
+    def png(self, index: int) -> bytes:
+        """Image `index` encoded as PNG, with the same text chunks as the files `save` writes."""
+        return png_bytes(self.arrays[index], self.metadata[index])
+
+    def save(self, output_dir: str | Path, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Write image_NNN.png files and report.json (with `extra` sections) atomically; return the report."""
+        output_dir = Path(output_dir)
+        names = []
+        for index, (array, metadata) in enumerate(zip(self.arrays, self.metadata)):
+            name = f"image_{index:03d}.png"
+            save_png(output_dir / name, array, metadata)
+            names.append(name)
+        report = {"images": names, **{k: v for k, v in self.report.items() if k != "images"}, **(extra or {})}
+        write_json_atomic(output_dir / REPORT_NAME, report)
+        return report
+
+
+class Pipeline:
+    """A loaded, optimized pipeline. Thread-safe: calls run one at a time (the components and the scheduler
+    are stateful); merge concurrent requests with `generate_batch` instead of calling from many threads."""
+
+    def __init__(self, cfg: Mapping[str, Any], built: BuiltPipeline) -> None:
+        self.config: dict[str, Any] = to_plain(cfg)
+        self.built = built
+        self._run_params = {key: value for key, value in self.config.items() if key not in config_groups()}
+        self._lock = threading.Lock()
+        plan = built.plan
+        self.sampler = sampler_label(plan.scheduler.class_name, plan.scheduler.config)
+        # Ancestral/SDE samplers draw step noise from one generator per batch: their requests run alone.
+        self.merges_requests = not draws_step_noise(plan.scheduler, built.engine)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Pipeline:
+        """Plan (validate everything, before any weights load) and build a composed config."""
+        return cls(cfg, build_pipeline(plan_run(cfg)))
+
+    # ------------------------------------------------------------------ what was loaded
+    @property
+    def plan(self) -> RunPlan:
+        return self.built.plan
+
+    @property
+    def model_name(self) -> str:
+        return self.plan.model.name
+
+    @property
+    def resolution_multiple(self) -> int:
+        return self.plan.model.resolution_multiple
+
+    @property
+    def defaults(self) -> RunSettings:
+        """The loaded config's run settings (what a call that sets nothing generates)."""
+        return self.plan.settings
+
+    def describe(self) -> dict[str, Any]:
+        """The resolved choices of the loaded config (model, backend, device, precision, sampler, ...)."""
+        return {**describe_plan(self.plan), "sampler": self.sampler}
+
+    # ------------------------------------------------------------------ generating
+    def settings(self, **params: Any) -> RunSettings:
+        """Validate run parameters as the CLI does; a parameter left at None keeps the loaded config's value."""
+        unknown = sorted(set(params) - set(RUN_PARAMETERS))
+        if unknown:
+            raise ConfigError(f"unknown run parameter(s) {', '.join(unknown)}; allowed: {', '.join(RUN_PARAMETERS)}")
+        run = {**self._run_params, **{key: value for key, value in params.items() if value is not None}}
+        settings = parse_settings(run, self.plan.model)
+        check_settings(settings, self.plan.model, self.plan.stages, guidance_given=run.get("guidance") is not None)
+        return settings
+
+    def generate(
+        self,
+        prompt: str | Sequence[str] | None = None,
+        *,
+        negative_prompt: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        guidance_rescale: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        batch: int | None = None,
+    ) -> Generation:
+        """Images for one request (`batch` images per prompt); None keeps the loaded config's value."""
+        settings = self.settings(
+            prompt=list(prompt) if isinstance(prompt, tuple) else prompt,
+            negative_prompt=list(negative_prompt) if isinstance(negative_prompt, tuple) else negative_prompt,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            guidance_rescale=guidance_rescale,
+            height=height,
+            width=width,
+            batch=batch,
+        )
+        return self.generate_batch([settings])[0]
+
+    def text_to_image(self, prompt: str, **params: Any) -> Image.Image:
+        """One image for one prompt (the other run parameters as `generate` takes them, `batch` excluded)."""
+        if not isinstance(prompt, str):
+            raise ConfigError(f"prompt={prompt!r} must be a string (text_to_image makes one image)")
+        if params.get("batch") not in (None, 1):
+            raise ConfigError(f"batch={params['batch']!r}: text_to_image makes one image; use generate()")
+        return self.generate(prompt, **params).images[0]
+
+    def batch_key(self, settings: RunSettings) -> Hashable | None:
+        """Requests with equal keys can share one denoise batch without changing any image; None: never."""
+        if not self.merges_requests:
+            return None
+        s = settings
+        # A missing negative prompt may mean zero embeddings (SDXL), not the empty prompt: never mixed.
+        return (s.height, s.width, s.steps, s.guidance, s.guidance_rescale, s.negative_prompts is None)
+
+    def generate_batch(self, requests: Sequence[RunSettings]) -> list[Generation]:
+        """Run requests (from `settings`) as one denoise batch; each gets exactly the images it gets alone
+        (its own seed's noise), up to the kernels' batch-size rounding. All must share one `batch_key`."""
+        merged = merge_requests(requests, [self.batch_key(s) for s in requests])
+        plan = dataclasses.replace(self.plan, settings=merged)
+        with self._lock:
+            execution = generate(plan, self.built.engine, self.built.components)
+            latents = self.built.engine.to_numpy(execution.state["latents"])
+        if not np.isfinite(latents).all():
+            raise NonFiniteOutputError(
+                f"the denoiser produced NaN/inf latents for {len(requests)} request(s) "
+                f"(model={self.model_name}, precision={self.plan.precision.name}); no images returned"
+            )
+        return self._split(execution, merged, requests)
+
+    def _split(self, execution: Execution, merged: RunSettings, requests: Sequence[RunSettings]) -> list[Generation]:
+        images = execution.state["images"]
+        results, start = [], 0
+        for settings in requests:
+            count = settings.num_images
+            plan = dataclasses.replace(self.plan, settings=settings)
+            report = self._report(plan, execution, merged, len(requests))
+            metadata = [self._image_metadata(plan, index) for index in range(count)]
+            results.append(Generation(settings, list(images[start : start + count]), metadata, report))
+            start += count
+        return results
+
+    def generation_of(self, execution: Execution) -> Generation:
+        """The Generation of an execution of the loaded plan as it is (the benchmark times those itself)."""
+        return self._split(execution, self.plan.settings, [self.plan.settings])[0]
+
+    def _report(self, plan: RunPlan, execution: Execution, merged: RunSettings, requests: int) -> dict[str, Any]:
+        built = self.built
+        report = build_report(
+            images=[],
+            stage_ms=execution.stage_ms,
+            step_ms=execution.step_ms,
+            num_images=merged.num_images,
+            peak_memory_mb=execution.peak_memory_mb,
+            load_ms=built.load_ms,
+            run={**describe_plan(plan), "sampler": self.sampler},
+            backend=built.backend.describe(),
+            config=self.config,
+            engine_versions=built.engine.versions(),
+        )
+        report["passes"] = built.passes_report()
+        report["components"] = built.components_report()
+        # Timings cover the whole denoise batch, which may hold other requests' images.
+        report["batch"] = {"requests": requests, "images": merged.num_images}
+        return report
+
+    def _image_metadata(self, plan: RunPlan, index: int) -> dict[str, Any]:
+        s = plan.settings
+        prompt_index = index // s.images_per_prompt
+        negative = s.negative_prompts[prompt_index] if s.negative_prompts else ""
+        run = describe_plan(plan)
+        metadata = {
+            "prompt": s.prompts[prompt_index],
+            "negative_prompt": negative,
+            "seed": s.seed,
+            "batch_index": index,
+            **{k: run[k] for k in ("model", "backend", "precision", "scheduler", "scheduler_class")},
+            **{k: run[k] for k in ("steps", "guidance", "guidance_rescale", "height", "width", "noise")},
+        }
+        metadata["parameters"] = infotext(
+            prompt=s.prompts[prompt_index],
+            negative_prompt=negative,
+            steps=s.steps,
+            sampler=self.sampler,
+            guidance=s.guidance,
+            seed=s.seed,
+            width=s.width,
+            height=s.height,
+            model=self.model_name,
+        )
+        return metadata
+
+
+def merge_requests(requests: Sequence[RunSettings], keys: Sequence[Hashable | None]) -> RunSettings:
+    """One RunSettings for requests that share a batch key: prompts side by side (one row per image when
+    their images-per-prompt differ), and each request's (seed, rows) so its noise is what it draws alone."""
+    if not requests:
+        raise ValueError("generate_batch needs at least one request")
+    if len(requests) == 1:
+        return requests[0]
+    if keys[0] is None or any(key != keys[0] for key in keys):
+        raise ValueError(f"requests with different batch keys cannot share a batch: {sorted(set(map(str, keys)))}")
+    per_prompt = {s.images_per_prompt for s in requests}
+    repeat = 1 if len(per_prompt) == 1 else None  # None: expand each prompt to its own rows
+
+    def rows(s: RunSettings, texts: Sequence[str]) -> list[str]:
+        return list(texts) if repeat else [t for t in texts for _ in range(s.images_per_prompt)]
+
+    prompts = [text for s in requests for text in rows(s, s.prompts)]
+    negatives = None
+    if requests[0].negative_prompts is not None:
+        negatives = tuple(text for s in requests for text in rows(s, s.negative_prompts or ()))
+    return dataclasses.replace(
+        requests[0],
+        prompts=tuple(prompts),
+        negative_prompts=negatives,
+        images_per_prompt=per_prompt.pop() if repeat else 1,
+        seed_rows=tuple((s.seed, s.num_images) for s in requests),
+    )
+
+
+def run_job(cfg: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
+    """The CLI's `mode=run`: load, generate the config's request, write PNGs and report.json."""
+    report = Pipeline.from_config(cfg).generate().save(output_dir)
+    log.info("wrote %d image(s) and %s to %s", len(report["images"]), REPORT_NAME, output_dir)
+    return report
