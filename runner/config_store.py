@@ -15,7 +15,7 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 
 from runner import registry
-from runner.schema import MODES, ModelConfig, RunParams, SchedulerSpec
+from runner.schema import MODES, ModelConfig, RaySettings, RunParams, SchedulerSpec, ServeSettings
 from runner.typed import schema_defaults
 
 GROUP = "schema"
@@ -24,7 +24,14 @@ GROUP = "schema"
 def register_schema_defaults() -> None:
     """Store every schema's defaults (idempotent; call before composing a config)."""
     store = ConfigStore.instance()
-    for name, schema in (("run", RunParams), ("model", ModelConfig), ("scheduler", SchedulerSpec)):
+    schemas = (
+        ("run", RunParams),
+        ("model", ModelConfig),
+        ("scheduler", SchedulerSpec),
+        ("serve", ServeSettings),
+        ("ray", RaySettings),
+    )
+    for name, schema in schemas:
         store.store(group=GROUP, name=name, node=schema_defaults(schema))
     for name, schema in MODES.items():
         store.store(group=f"{GROUP}/mode", name=name, node=schema_defaults(schema))

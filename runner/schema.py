@@ -207,7 +207,41 @@ class BenchSettings:
     reference: bool = True
 
 
-MODES: dict[str, type] = {"run": RunMode, "bench": BenchSettings}
+MODES: dict[str, type] = {"run": RunMode, "bench": BenchSettings, "serve": RunMode}
+
+SERVE_ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """conf/serve/*.yaml: the HTTP service of mode=serve (runner/serve/)."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 exposes the service to the network: put an authenticating proxy before it
+    port: int = 8000
+    max_batch: int = 4  # images per merged denoise batch
+    max_wait_ms: float = 20.0  # how long the first queued request waits for others to merge with
+    max_queue: int = 64  # requests waiting; one more is answered 429 with Retry-After
+    retry_after_s: int = 1  # the Retry-After of a 429
+    request_timeout_s: float = 300.0  # a request not answered by then (waiting or running) gets 504
+    drain_s: float = 30.0  # after SIGTERM: how long in-flight requests may take before the process exits
+    max_steps: int = 100  # largest `steps` a request may ask for
+    max_n: int = 8  # largest `n` (images per request)
+    max_pixels: int = 1536 * 1536  # largest width x height a request may ask for
+    engine: str = "local"  # local: uvicorn in this process; ray: Ray Serve replicas
+    replicas: int = 1  # ray: fixed replica count (ignored when min_replicas/max_replicas are set)
+    min_replicas: int | None = None  # ray: autoscaling range
+    max_replicas: int | None = None
+    target_ongoing_requests: float = 2.0  # ray autoscaling: requests per replica it aims for
+    gpus_per_replica: float = 0.0
+    cpus_per_replica: float = 1.0
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """conf/ray/*.yaml: where Ray runs (serve.engine=ray)."""
+
+    address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); None: start a local Ray
+    namespace: str = "diffusion-runner"
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -267,6 +301,34 @@ def parse_mode(node: Any) -> RunMode | BenchSettings:
     if name not in MODES:
         raise ConfigError(f"mode={name} is not one of {', '.join(sorted(MODES))}")
     return typed(MODES[name], node, "mode", owner=f"mode={name}")
+
+
+def parse_serve(node: Any) -> ServeSettings:
+    """The serve group, typed, with its ranges checked."""
+    serve = typed(ServeSettings, node, "serve", owner="the serve config")
+    if serve.engine not in SERVE_ENGINES:
+        raise ConfigError(f"serve.engine={serve.engine!r} is not one of {', '.join(SERVE_ENGINES)}")
+    if not 0 <= serve.port <= 65535:
+        raise ConfigError(f"serve.port={serve.port} must be in [0, 65535] (0: any free port)")
+    for key in ("max_batch", "max_queue", "max_steps", "max_n", "max_pixels", "replicas", "retry_after_s"):
+        if getattr(serve, key) < 1:
+            raise ConfigError(f"serve.{key}={getattr(serve, key)} must be >= 1")
+    for key in ("max_wait_ms", "drain_s", "gpus_per_replica"):
+        if getattr(serve, key) < 0:
+            raise ConfigError(f"serve.{key}={getattr(serve, key)} must be >= 0")
+    for key in ("request_timeout_s", "cpus_per_replica", "target_ongoing_requests"):
+        if getattr(serve, key) <= 0:
+            raise ConfigError(f"serve.{key}={getattr(serve, key)} must be > 0")
+    low, high = serve.min_replicas, serve.max_replicas
+    if (low is None) != (high is None):
+        raise ConfigError("serve.min_replicas and serve.max_replicas go together (an autoscaling range); set both")
+    if low is not None and high is not None and not (0 <= low <= high and high >= 1):
+        raise ConfigError(f"serve.min_replicas={low} and serve.max_replicas={high} need 0 <= min <= max and max >= 1")
+    return serve
+
+
+def parse_ray(node: Any) -> RaySettings:
+    return typed(RaySettings, node, "ray", owner="the ray config")
 
 
 def parse_precision(node: Any) -> PrecisionSpec:
