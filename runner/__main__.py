@@ -41,10 +41,15 @@ def _hydra_entry(cfg: DictConfig) -> dict | None:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        if parse_mode(cfg.mode).name == "bench":
+        mode = parse_mode(cfg.mode).name
+        if mode == "bench":
             from runner.bench import run_bench
 
             return run_bench(cfg, output_dir)
+        if mode == "serve":
+            from runner.serve import run_serve
+
+            return run_serve(cfg, output_dir)
         return run_job(cfg, output_dir)
     except RunnerError as err:
         print(f"error: {err.one_line()}", file=sys.stderr, flush=True)

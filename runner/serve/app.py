@@ -1,0 +1,145 @@
+"""The FastAPI app: OpenAI's images endpoint, AUTOMATIC1111's txt2img, models, health and metrics.
+
+Request bodies are read and checked by runner/serve/protocol.py (not by pydantic models), so every bad request
+gets OpenAI's error body with the field named, status 400, instead of FastAPI's 422 validation list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from runner.serve.metrics import CONTENT_TYPE
+from runner.serve.protocol import BadRequest, ParsedRequest, parse_a1111, parse_openai
+from runner.serve.service import ApiError, ClientGone, Service
+
+log = logging.getLogger(__name__)
+
+CLIENT_CLOSED = 499  # nginx's status for a request whose client went away (nobody receives it)
+
+
+def _b64_pngs(generation: Any) -> list[str]:
+    return [base64.b64encode(generation.png(i)).decode("ascii") for i in range(len(generation.arrays))]
+
+
+def _openai_answer(generation: Any, images: list[str]) -> dict[str, Any]:
+    seed = generation.settings.seed
+    return {"created": int(time.time()), "data": [{"b64_json": image, "seed": seed} for image in images]}
+
+
+def _a1111_answer(generation: Any, images: list[str], sampler: str, model: str) -> dict[str, Any]:
+    s = generation.settings
+    negative = s.negative_prompts[0] if s.negative_prompts else ""
+    parameters = {
+        "prompt": s.prompts[0],
+        "negative_prompt": negative,
+        "seed": s.seed,
+        "steps": s.steps,
+        "cfg_scale": s.guidance,
+        "width": s.width,
+        "height": s.height,
+        "batch_size": s.images_per_prompt,
+        "n_iter": 1,
+        "sampler_name": sampler,
+    }
+    info = {
+        **parameters,
+        "all_prompts": [s.prompts[0]] * len(images),
+        "all_negative_prompts": [negative] * len(images),
+        "all_seeds": [s.seed] * len(images),
+        "sd_model_name": model,
+        "infotexts": [meta["parameters"] for meta in generation.metadata],
+    }
+    return {"images": images, "parameters": parameters, "info": json.dumps(info)}
+
+
+async def _read_json(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadRequest(f"the request body is not valid JSON: {err}", None) from err
+
+
+def create_app(service: Service) -> FastAPI:
+    """The app for `service` (loaded or loading); the caller starts the service."""
+    app = FastAPI(title="diffusion-runner", description="Text-to-image generation", version="1")
+    app.state.service = service
+    metrics = service.metrics
+
+    def error_response(endpoint: str, err: ApiError) -> JSONResponse:
+        metrics.errors.labels(str(err.status)).inc()
+        metrics.requests.labels(endpoint, str(err.status)).inc()
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    async def handle(
+        endpoint: str, request: Request, parse: Callable[..., ParsedRequest], answer: Callable[..., dict]
+    ) -> Response:
+        metrics.in_flight.inc()
+        started = time.perf_counter()
+        try:
+            body = await _read_json(request)
+            parsed = parse(body, service.limits())
+            generation = await service.generate(parsed, request.is_disconnected)
+            images = await asyncio.to_thread(_b64_pngs, generation)
+            metrics.images.inc(len(images))
+            metrics.requests.labels(endpoint, "200").inc()
+            return JSONResponse(answer(generation, images))
+        except BadRequest as err:
+            return error_response(endpoint, ApiError(400, "invalid_request_error", str(err), err.param))
+        except ApiError as err:
+            return error_response(endpoint, err)
+        except ClientGone:
+            metrics.requests.labels(endpoint, str(CLIENT_CLOSED)).inc()
+            return Response(status_code=CLIENT_CLOSED)
+        finally:
+            metrics.in_flight.dec()
+            metrics.request_latency.labels(endpoint).observe(time.perf_counter() - started)
+
+    @app.post("/v1/images/generations")
+    async def openai_images(request: Request) -> Response:
+        return await handle("openai", request, parse_openai, _openai_answer)
+
+    @app.post("/sdapi/v1/txt2img")
+    async def a1111_txt2img(request: Request) -> Response:
+        def answer(generation: Any, images: list[str]) -> dict[str, Any]:
+            return _a1111_answer(generation, images, service.pipeline.sampler, service.pipeline.model_name)
+
+        return await handle("a1111", request, parse_a1111, answer)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        data = []
+        if service.pipeline is not None:
+            model = {"id": service.pipeline.model_name, "object": "model", "created": service.created}
+            data.append({**model, "owned_by": "diffusion-runner"})
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        body = {"status": service.state}
+        if service.pipeline is not None:
+            body["model"] = service.pipeline.model_name
+        if service.failure:
+            body["error"] = service.failure
+        return JSONResponse(body, status_code=200 if service.state == "ready" else 503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        err = ApiError(exc.status_code, "invalid_request_error", f"{request.method} {request.url.path}: {exc.detail}")
+        return JSONResponse(err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    return app
