@@ -18,6 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from runner.api import run_job
+from runner.conf_index import CONF_DIR
 from runner.config_store import register_schema_defaults
 from runner.errors import RunnerError
 from runner.schema import parse_mode
@@ -36,7 +37,8 @@ def _only_hydra_bookkeeping(folder: Path, job_name: str) -> bool:
     return all(p.stat().st_mtime >= _STARTED - 1 for p in files if p.is_file())
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
+# An absolute config_path: the checkout's conf/ or, installed, the package's runner/conf/ (conf_index.py).
+@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def _hydra_entry(cfg: DictConfig) -> dict | None:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
