@@ -15,7 +15,7 @@ def conf_dir() -> Path:
     In a checkout (an editable install included) that is conf/ at the top of the repo, beside this
     `runner` package; an installed wheel carries the same files inside the package, as runner/conf/
     (pyproject.toml, setup.py). Both are found from this file's location rather than through the import
-    system: `the editable finder maps `runner.conf` itself, so `importlib.resources` could resolve it to
+    system: the editable finder maps `runner.conf` itself, so `importlib.resources` could resolve it to
     another checkout's editable install (a git worktree beside the main checkout).
     """
     package = Path(__file__).resolve().parent
