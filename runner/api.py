@@ -160,10 +160,15 @@ class Pipeline:
     # ------------------------------------------------------------------ generating
     def settings(self, **params: Any) -> RunSettings:
         """Validate run parameters as the CLI does; a parameter left at None keeps the loaded config's value."""
-        unknown = sorted(set(params) - set(RUN_PARAMETERS))
-        if unknown:
-            raise ConfigError(f"unknown run parameter(s) {', '.join(unknown)}; allowed: {', '.join(RUN_PARAMETERS)}")
-        run = {**self._run_params, **{key: value for key, value in params.items() if value is not None}}
+        fixed = sorted(key for key in params if key in self._run_params and key not in RUN_PARAMETERS)
+        if fixed:
+            raise ConfigError(
+                f"{', '.join(fixed)}: fixed when the pipeline loads (give them to runner.load), not per call; "
+                f"a call sets: {', '.join(RUN_PARAMETERS)}"
+            )
+        # Any other unknown name goes to the schema check, so its message is the CLI's for the same override.
+        given = {key: value for key, value in params.items() if value is not None or key not in RUN_PARAMETERS}
+        run = {**self._run_params, **given}
         settings = parse_settings(run, self.plan.model)
         check_settings(settings, self.plan.model, self.plan.stages, guidance_given=run.get("guidance") is not None)
         return settings
