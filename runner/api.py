@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 from PIL import Image
@@ -68,6 +69,10 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
 
     A bad override (an unknown group option, a malformed override) is a one-line ConfigError."""
     register_schema_defaults()
+    # Inside a running Hydra app (a user's @hydra.main) Hydra is initialized with the app's config and
+    # initialize_config_dir refuses to start: compose with Hydra cleared, then give the app its Hydra back.
+    outer = GlobalHydra.instance().hydra
+    GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             return hydra_compose(config_name="config", overrides=list(overrides))
@@ -75,6 +80,10 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         # Hydra appends its search path to "could not find" messages: noise for a one-line error.
         message = str(err).split("Config search path")[0]
         raise ConfigError(" ".join(message.split())) from err
+    finally:
+        GlobalHydra.instance().clear()
+        if outer is not None:
+            GlobalHydra.instance().initialize(outer)
 
 
 def load(overrides: Sequence[str] = ()) -> Pipeline:
