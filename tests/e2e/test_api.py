@@ -102,6 +102,21 @@ def cli_run(tmp_path_factory) -> Callable[[str], Path]:
     return get
 
 
+@pytest.fixture(scope="module")
+def merged_run(load) -> Callable[[str], tuple[Pipeline, list[RunSettings], list[Generation]]]:
+    """Engine -> its pipeline, the MERGED requests and their merged generation (run once per module)."""
+    runs: dict[str, tuple[Pipeline, list[RunSettings], list[Generation]]] = {}
+
+    def get(engine: str) -> tuple[Pipeline, list[RunSettings], list[Generation]]:
+        if engine not in runs:
+            pipe = load(f"backend={engine}")
+            requests = [pipe.settings(**params) for params in MERGED]
+            runs[engine] = (pipe, requests, pipe.generate_batch(requests))
+        return runs[engine]
+
+    return get
+
+
 def saved_images(out: Path) -> list[np.ndarray]:
     names = json.loads((out / "report.json").read_text())["images"]
     return [np.asarray(Image.open(out / name)) for name in names]
@@ -257,11 +272,9 @@ def test_a_bad_request_raises_before_any_stage_runs(pipe, no_work):
 
 # ------------------------------------------------------------------ merging requests into one batch
 @pytest.mark.parametrize("engine", ["torch", pytest.param("paddle", marks=pytest.mark.slow)])
-def test_merged_requests_get_the_images_they_get_alone(load, cli_run, engine):
-    pipe = load(f"backend={engine}")
-    requests = [pipe.settings(**params) for params in MERGED]
+def test_merged_requests_get_the_images_they_get_alone(merged_run, cli_run, engine):
+    pipe, requests, merged = merged_run(engine)
     assert len({pipe.batch_key(settings) for settings in requests}) == 1
-    merged = pipe.generate_batch(requests)
     alone = [pipe.generate_batch([settings])[0] for settings in requests]
     # The first request alone is exactly the CLI's run of it (same kernels, same shapes).
     assert all(max_pixel_diff(a, c) == 0 for a, c in zip(alone[0].arrays, saved_images(cli_run(engine))))
@@ -298,22 +311,33 @@ def test_batch_key_holds_what_a_batch_shares(pipe):
             pipe.generate_batch([pipe.settings(**base), other])
 
 
-def test_samplers_that_draw_step_noise_never_merge(load, pipe, monkeypatch):
+# 4 steps: at 2, Euler a's one noisy step hardly shows in the tiny model's image (measured 1 level).
+ANCESTRAL = [dict(prompt="a red fox", seed=seed, **{**SHAPE, "steps": 4}) for seed in (3, 4)]
+
+
+def test_samplers_that_draw_step_noise_never_merge(load, pipe, no_work):
     ancestral = load("backend=torch", "scheduler=euler_a")
     assert pipe.merges_requests and not ancestral.merges_requests
     assert ancestral.sampler == "Euler a"
-    # 4 steps: at 2, Euler a's one noisy step hardly shows in the tiny model's image (measured 1 level).
-    requests = [ancestral.settings(prompt="a red fox", seed=seed, **{**SHAPE, "steps": 4}) for seed in (3, 4)]
+    requests = [ancestral.settings(**params) for params in ANCESTRAL]
     assert [ancestral.batch_key(settings) for settings in requests] == [None, None]
     with pytest.raises(ValueError, match=r"^requests with different batch keys cannot share a batch: \['None'\]$"):
         ancestral.generate_batch(requests)
-    # Why: forced into one batch, the second request's step noise comes from the first one's generator.
+
+
+@pytest.mark.slow
+def test_step_noise_samplers_would_change_images_if_merged(load, monkeypatch):
+    # Why they never merge: forced into one batch, the second request's step noise comes from the first one's
+    # generator.
+    ancestral = load("backend=torch", "scheduler=euler_a")
+    requests = [ancestral.settings(**params) for params in ANCESTRAL]
     alone = ancestral.generate_batch(requests[1:])[0]
     monkeypatch.setattr(ancestral, "batch_key", lambda settings: "forced")
     forced = ancestral.generate_batch(requests)[1]
     assert max_pixel_diff(forced.arrays[0], alone.arrays[0]) > BATCH_SHAPE_LEVELS
 
 
+@pytest.mark.slow
 def test_merging_with_numpy_noise_matches_alone(load, request_alone):
     numpy_pipe = load("backend=torch", "noise=numpy")
     requests = [numpy_pipe.settings(**params) for params in MERGED]
@@ -355,14 +379,13 @@ def test_merge_requests_keeps_each_requests_rows_and_seed():
 
 
 # ------------------------------------------------------------------ outputs
-def test_save_writes_pngs_and_the_report_atomically(pipe, tmp_path, monkeypatch):
-    requests = [pipe.settings(**MERGED[1]), pipe.settings(**MERGED[2])]
-    result = pipe.generate_batch(requests)[0]
+def test_save_writes_pngs_and_the_report_atomically(merged_run, tmp_path, monkeypatch):
+    result = merged_run("torch")[2][1]  # the second of three merged requests: seed 4, two prompts
     out = tmp_path / "out"
     report = result.save(out, extra={"request_id": "r1"})
     assert report["images"] == ["image_000.png", "image_001.png"]
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report, default=str))
-    assert report["batch"] == {"requests": 2, "images": 3} and report["request_id"] == "r1"
+    assert report["batch"] == {"requests": 3, "images": 5} and report["request_id"] == "r1"
     assert report["run"]["seed"] == 4 and report["run"]["model"] == "tiny_sd15"
     assert sorted(path.name for path in out.iterdir()) == ["image_000.png", "image_001.png", "report.json"]
     for index, name in enumerate(report["images"]):
@@ -400,7 +423,7 @@ def test_nan_latents_raise_and_the_pipeline_recovers(pipe, request_alone):
         with torch.no_grad():
             bias.fill_(float("nan"))
         with pytest.raises(NonFiniteOutputError) as err:
-            pipe.generate(**REQUEST)
+            pipe.generate("a red fox", steps=1, height=64, width=48)
     finally:
         with torch.no_grad():
             bias.copy_(kept)
