@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,8 @@ REQUEST_OVERRIDES = (
     "batch=2",
 )
 # Three requests that share a batch key: different seeds, prompts, negative prompts and images per prompt
-# (2, 1, 1). The first is REQUEST (the CLI run); the second starts with the same prompt pair as the first, so
-# its first image differs from the first request's only by the seed.
+# (2, 1, 1). The first is REQUEST (the CLI run); the second starts with the first one's prompt and negative
+# prompt, so its first image differs from the first request's only by the seed.
 SHAPE: dict[str, Any] = dict(steps=2, height=64, width=48)
 MERGED: list[dict[str, Any]] = [
     REQUEST,
@@ -62,7 +62,7 @@ SEED_MEAN_LEVELS = 10
 
 # ------------------------------------------------------------------ fixtures and helpers
 @pytest.fixture(scope="module")
-def load() -> Iterator[Callable[..., Pipeline]]:
+def load() -> Callable[..., Pipeline]:
     """Overrides (on top of tiny SD 1.5, quiet) -> a pipeline, each loaded once per module."""
     loaded: dict[tuple[str, ...], Pipeline] = {}
 
@@ -72,7 +72,7 @@ def load() -> Iterator[Callable[..., Pipeline]]:
             loaded[key] = runner.load(list(key))
         return loaded[key]
 
-    yield get
+    return get
 
 
 @pytest.fixture(scope="module")
