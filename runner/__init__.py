@@ -4,20 +4,12 @@
     pipe = runner.load(["model=tiny_sd15", "backend=torch"])
     image = pipe.text_to_image("a red fox", seed=3)
 
-The names below are imported on first use, so `import runner` (and every `runner.*` module) stays free of
-engine imports until a pipeline is loaded.
+Importing the package imports the API (Hydra, OmegaConf, NumPy, Pillow) but no engine: PyTorch or Paddle load
+with the first pipeline that needs them (through the registry).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from runner.api import Generation, Pipeline, compose, load
 
 __all__ = ["Generation", "Pipeline", "compose", "load"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from runner import api
-
-        return getattr(api, name)
-    raise AttributeError(f"module 'runner' has no attribute {name!r}")

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 from PIL import Image
@@ -68,6 +69,10 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
 
     A bad override (an unknown group option, a malformed override) is a one-line ConfigError."""
     register_schema_defaults()
+    # Inside a running Hydra app (a user's @hydra.main) Hydra is initialized with the app's config and
+    # initialize_config_dir refuses to start: compose with Hydra cleared, then give the app its Hydra back.
+    outer = GlobalHydra.instance().hydra
+    GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             return hydra_compose(config_name="config", overrides=list(overrides))
@@ -75,6 +80,10 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         # Hydra appends its search path to "could not find" messages: noise for a one-line error.
         message = str(err).split("Config search path")[0]
         raise ConfigError(" ".join(message.split())) from err
+    finally:
+        GlobalHydra.instance().clear()
+        if outer is not None:
+            GlobalHydra.instance().initialize(outer)
 
 
 def load(overrides: Sequence[str] = ()) -> Pipeline:
@@ -160,10 +169,15 @@ class Pipeline:
     # ------------------------------------------------------------------ generating
     def settings(self, **params: Any) -> RunSettings:
         """Validate run parameters as the CLI does; a parameter left at None keeps the loaded config's value."""
-        unknown = sorted(set(params) - set(RUN_PARAMETERS))
-        if unknown:
-            raise ConfigError(f"unknown run parameter(s) {', '.join(unknown)}; allowed: {', '.join(RUN_PARAMETERS)}")
-        run = {**self._run_params, **{key: value for key, value in params.items() if value is not None}}
+        fixed = sorted(key for key in params if key in self._run_params and key not in RUN_PARAMETERS)
+        if fixed:
+            raise ConfigError(
+                f"{', '.join(fixed)}: fixed when the pipeline loads (give them to runner.load), not per call; "
+                f"a call sets: {', '.join(RUN_PARAMETERS)}"
+            )
+        # Any other unknown name goes to the schema check, so its message is the CLI's for the same override.
+        given = {key: value for key, value in params.items() if value is not None or key not in RUN_PARAMETERS}
+        run = {**self._run_params, **given}
         settings = parse_settings(run, self.plan.model)
         check_settings(settings, self.plan.model, self.plan.stages, guidance_given=run.get("guidance") is not None)
         return settings

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner import registry
+import runner.registry as registry
 from runner.executor import Execution, execute
 from runner.graph import RunContext
 from runner.hooks import hooks_in

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
 
-from runner import registry
+import runner.registry as registry
 from runner.schema import MODES, ModelConfig, RaySettings, RunParams, SchedulerSpec, ServeSettings
 from runner.typed import schema_defaults
 

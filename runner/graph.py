@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner import registry
+import runner.registry as registry
 from runner.errors import ConfigError
 from runner.schema import StageSpec
 

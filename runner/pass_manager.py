@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner import registry
+import runner.registry as registry
 from runner.errors import ConfigError, PassError
 from runner.pass_base import Changes, Pass, PassContext, PassOptions
 from runner.tables import markdown

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner import registry
+import runner.registry as registry
 from runner.executor import initial_state
 from runner.graph import Stage, build_graph, check_run_values
 from runner.pass_manager import PassChoice, plan_passes

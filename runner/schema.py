@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from runner import registry
+import runner.registry as registry
 from runner.conf_index import config_groups
 from runner.errors import ConfigError
 from runner.typed import to_plain, typed

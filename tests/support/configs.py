@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from runner.conf_index import CONF_DIR
-from runner.config_store import register_schema_defaults
+from runner.api import compose
 from runner.schema import ModelSpec, parse_model
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """The composed config for these command-line overrides (Hydra's compose API, no run directory)."""
-    register_schema_defaults()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
+    """The composed config for these command-line overrides (Hydra's compose API, no run directory).
+
+    The API's own `compose`, so tests compose exactly as `runner.load` does (one code path); a bad override
+    is its one-line ConfigError."""
+    return compose(overrides)
 
 
 def model_spec(name: str) -> ModelSpec:
