@@ -192,9 +192,11 @@ def serve_ray(cfg: Mapping[str, Any], settings: ServeSettings, ray_settings: Ray
             raise KeyboardInterrupt  # still deploying, or a second signal: stop waiting
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    started = False
     try:
         check_fits(ray.nodes(), settings)
         port = settings.port or free_port(settings.host)
+        started = True
         serve.start(http_options={"host": settings.host, "port": port})
         replicas = (
             f"{settings.min_replicas}-{settings.max_replicas} replicas"
@@ -220,11 +222,10 @@ def serve_ray(cfg: Mapping[str, Any], settings: ServeSettings, ray_settings: Ray
         log.info("interrupted")
     finally:
         bound = settings.drain_s + SHUTDOWN_GRACE_S
-        if local:
+        if started and local:
             _bounded("serve.shutdown", serve.shutdown, bound)
-            _bounded("ray.shutdown", ray.shutdown, SHUTDOWN_GRACE_S)
-        else:  # a shared cluster: remove this application only, leave Serve and the cluster running
+        elif started:  # a shared cluster: remove this application only, leave Serve and the cluster running
             _bounded("serve.delete", lambda: serve.delete(APP_NAME), bound)
-            _bounded("ray.shutdown", ray.shutdown, SHUTDOWN_GRACE_S)
+        _bounded("ray.shutdown", ray.shutdown, SHUTDOWN_GRACE_S)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -5,7 +5,7 @@ serve.engine=ray ray.address=...` joins it with two CPU replicas of tiny_sd15. I
 answer, kills one replica actor while a bounded stream of concurrent requests runs, checks that every request
 was answered (an image, or an error status: none hangs or is lost), that Ray Serve is back to two running
 replicas, and that SIGTERM stops the server with exit code 0. Ray is a dependency of `make setup`: a missing
-Ray fails the test instead of skipping it. About 2-3 minutes on 2 cores.
+Ray fails the test instead of skipping it. 90-110 s on 2 shared cores.
 """
 
 from __future__ import annotations
@@ -133,14 +133,20 @@ def ray_cluster(monkeypatch: pytest.MonkeyPatch):
 
 
 def wait_ready(base: str, process: subprocess.Popen, log: Path) -> None:
+    """Until every replica has loaded (the application RUNNING) and /healthz answers 200."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         assert process.poll() is None, f"the server exited ({process.returncode}):\n{log.read_text()[-4000:]}"
         try:
-            if http(f"{base}/healthz", timeout=5)[0] == 200:
-                return
-        except OSError:
-            pass
+            app_status, states, _ = deployment_status()
+        except (KeyError, RuntimeError):  # Serve or the application is not there yet
+            app_status, states = None, {}
+        if (
+            app_status == "RUNNING"
+            and states == {"RUNNING": REPLICAS}
+            and http(f"{base}/healthz", timeout=10)[0] == 200
+        ):
+            return
         time.sleep(2)
     pytest.fail(f"not ready within {READY_TIMEOUT_S:.0f} s:\n{log.read_text()[-4000:]}")
 
