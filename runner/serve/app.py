@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runner.serve.metrics import CONTENT_TYPE
 from runner.serve.protocol import BadRequest, ParsedRequest, parse_a1111, parse_openai
@@ -70,10 +71,33 @@ async def _read_json(request: Request) -> Any:
         raise BadRequest(f"the request body is not valid JSON: {err}", None) from err
 
 
-def create_app(service: Service) -> FastAPI:
-    """The app for `service` (loaded or loading); the caller starts the service."""
+class ReplicaHeader:
+    """ASGI middleware: every HTTP answer names the replica that made it (`X-Replica`), so behind a load
+    balancer (Ray Serve) a client and the tests can tell the replicas apart."""
+
+    def __init__(self, app: ASGIApp, replica: str) -> None:
+        self.app = app
+        self.header = (b"x-replica", replica.encode("latin-1"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), self.header]
+            await send(message)
+
+        await self.app(scope, receive, send_named)
+
+
+def create_app(service: Service, replica: str | None = None) -> FastAPI:
+    """The app for `service` (loaded or loading); the caller starts the service. `replica`: a name sent as
+    the `X-Replica` header of every answer."""
     app = FastAPI(title="diffusion-runner", description="Text-to-image generation", version="1")
     app.state.service = service
+    if replica is not None:
+        app.add_middleware(ReplicaHeader, replica=replica)
     metrics = service.metrics
 
     def error_response(endpoint: str, err: ApiError) -> JSONResponse:

@@ -106,6 +106,10 @@ class Batcher:
         with self._cond:
             return self._running == 0 and not any(not job.future.cancelled() for job in self._queue)
 
+    def alive(self) -> bool:
+        """The worker thread is running (it ends only after `stop`)."""
+        return self._thread.is_alive()
+
     def close(self) -> None:
         """Take no new requests; queued and running ones still complete."""
         with self._cond:
