@@ -6,7 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.support.runs import max_pixel_diff
-from tests.support.servers import GatedPipeline, decode_png, serve_in_thread, wait_ready, wait_until
+from tests.support.servers import GatedPipeline, decode_png, serve_in_thread, wait_queued, wait_ready
 
 URL = "/v1/images/generations"
 COMMON = {"size": "64x64", "steps": 2, "guidance": 7.5}
@@ -35,7 +35,7 @@ def test_concurrent_requests_share_a_batch_and_get_their_lone_images(tiny_pipeli
             blocker = pool.submit(live.post, URL, json=BLOCKER)
             pipe.wait_calls(1)
             merged = [pool.submit(live.post, URL, json={**COMMON, **body}) for body in REQUESTS]
-            wait_until(lambda: live.service.batcher.depth() == 4, 30, "four queued requests")
+            wait_queued(live, 4)
         assert blocker.result(60).status_code == 200
         merged_images = [image_of(future.result(60)) for future in merged]
         seeds = [body["seed"] for body in REQUESTS]

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.support.servers import GatedPipeline, serve_in_thread, wait_ready, wait_until
+from tests.support.servers import GatedPipeline, serve_in_thread, wait_queued, wait_ready, wait_until
 
 URL = "/v1/images/generations"
 
@@ -38,7 +38,7 @@ def test_a_full_queue_answers_429_with_retry_after(gated):
             running = pool.submit(live.post, URL, json=body(1))
             gated.wait_calls(1)
             waiting = pool.submit(live.post, URL, json=body(2))
-            wait_until(lambda: live.service.batcher.depth() == 1, 30, "the second request to be queued")
+            wait_queued(live, 1)
             flooded = live.post(URL, json=body(3))
             assert_error(flooded, 429, "rate_limit_error", "the queue holds 1 requests (serve.max_queue)")
             assert flooded.headers["retry-after"] == "3"

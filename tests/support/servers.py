@@ -116,6 +116,11 @@ def wait_ready(live: LiveServer, timeout: float = 60) -> None:
     wait_until(lambda: live.get("/healthz").status_code == 200, timeout, "/healthz to answer 200", interval=0.05)
 
 
+def wait_queued(live: LiveServer, count: int, timeout: float = 30) -> None:
+    """Until exactly `count` requests wait in the batcher's queue."""
+    wait_until(lambda: live.service.batcher.depth() == count, timeout, f"{count} queued request(s)")
+
+
 # ---------------------------------------------------------------------------------------------- the CLI
 @dataclass
 class CliServer:
