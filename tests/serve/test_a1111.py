@@ -126,6 +126,7 @@ def test_seed_minus_one_draws_a_seed_and_reports_it(server):
     assert max_pixel_diff(again, pixels[0]) == 0
 
 
+@pytest.mark.slow
 def test_batch_size_and_n_iter_multiply(server):
     answer = txt2img(server, batch_size=2, n_iter=2, negative_prompt="")
     info = json.loads(answer["info"])

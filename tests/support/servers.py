@@ -58,16 +58,17 @@ class LiveServer:
     port: int
     service: Service
     server: uvicorn.Server
+    client: httpx.Client  # shared by the test's threads (keep-alive connections; no proxy from the environment)
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
+        return self.client.get(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.post(self.url + path, timeout=kwargs.pop("timeout", 60), **kwargs)
+        return self.client.post(self.url + path, timeout=kwargs.pop("timeout", 60), **kwargs)
 
     def metrics(self) -> dict[tuple[str, frozenset], float]:
         return prometheus_samples(self.get("/metrics").text)
@@ -103,7 +104,8 @@ def serve_in_thread(
     try:
         wait_until(lambda: server.started or not thread.is_alive(), startup_s, "uvicorn to start")
         assert server.started, "uvicorn stopped before it started"
-        yield LiveServer(port, service, server)
+        with httpx.Client(trust_env=False) as client:
+            yield LiveServer(port, service, server, client)
     finally:
         server.should_exit = True
         thread.join(15)
