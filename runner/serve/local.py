@@ -8,6 +8,7 @@ ran out first. A second SIGINT quits at once.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
@@ -96,4 +97,9 @@ def serve_local(service: Service, settings: ServeSettings) -> None:
     finally:
         service.stop()
     if server.unfinished:
-        raise DrainTimeoutError(f"serve.drain_s={settings.drain_s} ran out with requests still running")
+        err = DrainTimeoutError(f"serve.drain_s={settings.drain_s} ran out with requests still running")
+        # The batcher's thread may still be inside the engine's native code: interpreter shutdown under it
+        # aborts the process (std::terminate, exit -6). Report as the CLI does, then leave at once.
+        print(f"error: {err.one_line()}", file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(err.exit_code)

@@ -13,6 +13,7 @@ error shape; the pipeline's own validation (the CLI's messages) runs after these
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from collections.abc import Mapping
@@ -103,6 +104,8 @@ def _guidance(body: Mapping[str, Any], key: str) -> float | None:
         return None
     if not _is_number(value):
         raise BadRequest(f"'{key}'={value!r} must be a number", key)
+    if not math.isfinite(value):  # Python's JSON reader takes NaN and Infinity (and 1e999 as inf)
+        raise BadRequest(f"'{key}'={value} must be a finite number", key)
     if value < 0:
         raise BadRequest(f"'{key}'={value} must be >= 0", key)
     return float(value)
@@ -120,13 +123,15 @@ def _seed(body: Mapping[str, Any], key: str, random_marker: int | None) -> int:
     return value
 
 
-def check_size(width: int, height: int, limits: Limits, param: str) -> None:
+def check_size(width: int, height: int, limits: Limits, param: str, height_param: str | None = None) -> None:
+    """`param` names the field of the width (and of the size), `height_param` that of the height if another."""
     m = limits.multiple
-    if width <= 0 or height <= 0 or width % m or height % m:
-        raise BadRequest(
-            f"size {width}x{height}: width and height must be positive multiples of {m} for model={limits.model}",
-            param,
-        )
+    for value, name in ((width, param), (height, height_param or param)):
+        if value <= 0 or value % m:
+            raise BadRequest(
+                f"size {width}x{height}: width and height must be positive multiples of {m} for model={limits.model}",
+                name,
+            )
     if width * height > limits.max_pixels:
         raise BadRequest(
             f"size {width}x{height} has {width * height} pixels; this service allows at most {limits.max_pixels}",
@@ -194,7 +199,7 @@ def parse_a1111(body: Any, limits: Limits) -> ParsedRequest:
     prompt = _text(body, "prompt", required=True)
     width = _int_in(body, "width", 1, 65536, limits.default_width)
     height = _int_in(body, "height", 1, 65536, limits.default_height)
-    check_size(width, height, limits, "width")
+    check_size(width, height, limits, "width", "height")
     batch_size = _int_in(body, "batch_size", 1, limits.max_n, 1)
     n_iter = _int_in(body, "n_iter", 1, limits.max_n, 1)
     if batch_size * n_iter > limits.max_n:
