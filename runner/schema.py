@@ -13,6 +13,7 @@ a frozen dataclass nested in another (it marks those nodes read-only).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -371,8 +372,8 @@ def parse_settings(cfg: Mapping[str, Any], model: ModelSpec) -> RunSettings:
     if run.batch < 1:
         raise ConfigError(f"batch={run.batch} must be >= 1 (images per prompt)")
     guidance = d.guidance if run.guidance is None else run.guidance
-    if guidance < 0:
-        raise ConfigError(f"guidance={guidance} must be >= 0")
+    if not math.isfinite(guidance) or guidance < 0:
+        raise ConfigError(f"guidance={guidance} must be a finite number >= 0")
     if not 0 <= run.guidance_rescale <= 1:
         raise ConfigError(f"guidance_rescale={run.guidance_rescale} must be in [0, 1]")
     if not 0 <= run.seed < 2**63:

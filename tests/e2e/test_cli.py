@@ -96,7 +96,7 @@ def test_multirun_sweep_runs_every_job(tmp_path):
 BAD_INPUTS = [
     (["height=100"], r"error: height=100 must be a positive multiple of 8 for model=tiny_sd15"),
     (["steps=0"], r"error: steps=0 must be >= 1"),
-    (["guidance=-2"], r"error: guidance=-2(\.0)? must be >= 0"),
+    (["guidance=-2"], r"error: guidance=-2(\.0)? must be a finite number >= 0"),
     (["batch=0"], r"error: batch=0 must be >= 1"),
     (["scheduler=flow_euler"], r"error: scheduler=flow_euler cannot drive model=tiny_sd15"),
     (["model.weights=/nonexistent/sd15"], r"error: model.weights='/nonexistent/sd15' is not a directory"),
