@@ -97,3 +97,18 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     sources = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["config_sources"]
     (main,) = [s for s in sources if s["provider"] == "main"]
     assert Path(main["path"]) == Path(purelib) / "runner" / "conf", "the configs did not come from the wheel"
+
+    # The Python API from the same install: runner.load composes from the wheel's configs too.
+    script = (
+        "import runner, runner.conf_index as c; "
+        "pipe = runner.load(['model=tiny_sd15', 'backend=torch', 'steps=2', 'quiet=true']); "
+        "image = pipe.text_to_image('a red fox', seed=3); "
+        "print(runner.__file__, c.CONF_DIR, image.size)"
+    )
+    proc = subprocess.run(
+        [str(python), "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    module, conf, size = proc.stdout.split()[-4], proc.stdout.split()[-3], " ".join(proc.stdout.split()[-2:])
+    assert Path(module).is_relative_to(purelib) and Path(conf) == Path(purelib) / "runner" / "conf"
+    assert size == "(64, 64)"
