@@ -58,6 +58,9 @@ RUN_PARAMETERS = (
 )
 
 
+TEXT_PARAMETERS = ("prompt", "negative_prompt")
+
+
 class NonFiniteOutputError(RunnerError):
     """The denoiser produced NaN or infinite latents (an fp16 overflow, broken weights): no image is returned."""
 
@@ -177,8 +180,13 @@ class Pipeline:
             )
         # Any other unknown name goes to the schema check, so its message is the CLI's for the same override.
         given = {key: value for key, value in params.items() if value is not None or key not in RUN_PARAMETERS}
+        for key, value in given.items():
+            if key not in TEXT_PARAMETERS and isinstance(value, str) and "${" in value:
+                raise ConfigError(f"{key}={value!r}: a call's parameters are values, not config interpolations")
+        # Prompts are passed as values, never parsed as config text (see parse_settings).
+        texts = {key: given.pop(key, self._run_params.get(key)) for key in TEXT_PARAMETERS}
         run = {**self._run_params, **given}
-        settings = parse_settings(run, self.plan.model)
+        settings = parse_settings(run, self.plan.model, texts=texts)
         check_settings(settings, self.plan.model, self.plan.stages, guidance_given=run.get("guidance") is not None)
         return settings
 

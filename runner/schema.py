@@ -13,6 +13,7 @@ a frozen dataclass nested in another (it marks those nodes read-only).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -226,7 +227,7 @@ class ServeSettings:
     request_timeout_s: float = 300.0  # a request not answered by then (waiting or running) gets 504
     drain_s: float = 30.0  # after SIGTERM: how long in-flight requests may take before the process exits
     max_steps: int = 100  # largest `steps` a request may ask for
-    max_n: int = 8  # largest `n` (images per request)
+    max_n: int | None = None  # largest `n` (images per request); None: max_batch (a request runs in one batch)
     max_pixels: int = 1536 * 1536  # largest width x height a request may ask for
     engine: str = "local"  # local: uvicorn in this process; ray: Ray Serve replicas
     replicas: int = 1  # ray: fixed replica count (ignored when min_replicas/max_replicas are set)
@@ -311,9 +312,14 @@ def parse_serve(node: Any) -> ServeSettings:
         raise ConfigError(f"serve.engine={serve.engine!r} is not one of {', '.join(SERVE_ENGINES)}")
     if not 0 <= serve.port <= 65535:
         raise ConfigError(f"serve.port={serve.port} must be in [0, 65535] (0: any free port)")
-    for key in ("max_batch", "max_queue", "max_steps", "max_n", "max_pixels", "replicas", "retry_after_s"):
+    for key in ("max_batch", "max_queue", "max_steps", "max_pixels", "replicas", "retry_after_s"):
         if getattr(serve, key) < 1:
             raise ConfigError(f"serve.{key}={getattr(serve, key)} must be >= 1")
+    if serve.max_n is not None and not 1 <= serve.max_n <= serve.max_batch:
+        raise ConfigError(
+            f"serve.max_n={serve.max_n} must be in [1, serve.max_batch={serve.max_batch}]: "
+            "a request's images run in one denoise batch"
+        )
     for key in ("max_wait_ms", "drain_s", "gpus_per_replica"):
         if getattr(serve, key) < 0:
             raise ConfigError(f"serve.{key}={getattr(serve, key)} must be >= 0")
@@ -356,9 +362,16 @@ def parse_run_params(cfg: Mapping[str, Any]) -> RunParams:
     return typed(RunParams, run, "", owner="the run config", noun="parameter")
 
 
-def parse_settings(cfg: Mapping[str, Any], model: ModelSpec) -> RunSettings:
-    """Fill run parameters left at null from the model's defaults and check every value."""
-    run = parse_run_params(cfg)
+def parse_settings(cfg: Mapping[str, Any], model: ModelSpec, texts: Mapping[str, Any] | None = None) -> RunSettings:
+    """Fill run parameters left at null from the model's defaults and check every value.
+
+    texts: `prompt` / `negative_prompt` given as Python values rather than config text (the Python API, the
+    server). They bypass OmegaConf, which would resolve `${...}` in them (`${oc.env:SECRET}` in a request's
+    prompt would read the server's environment), and get the same checks and messages.
+    """
+    run = parse_run_params({**cfg, **dict.fromkeys(texts or (), None)})
+    if texts:
+        run = dataclasses.replace(run, **texts)
     d = model.run_defaults
     height = d.height if run.height is None else run.height
     width = d.width if run.width is None else run.width

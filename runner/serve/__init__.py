@@ -20,7 +20,9 @@ def run_serve(cfg: Mapping[str, Any], output_dir: Path) -> None:
 
     settings = parse_serve(cfg["serve"])
     ray_settings = parse_ray(cfg["ray"])
-    plan = plan_run(cfg)
+    # Replicas run elsewhere (a CPU head node may deploy GPU replicas): there, only what this machine can check;
+    # each replica checks its own capabilities when it loads.
+    plan = plan_run(cfg, check_capabilities=settings.engine == "local")
     if settings.engine == "ray":
         from runner.serve.ray_deploy import serve_ray
 

@@ -32,6 +32,11 @@ def _b64_pngs(generation: Any) -> list[str]:
     return [base64.b64encode(generation.png(i)).decode("ascii") for i in range(len(generation.arrays))]
 
 
+def _render(generation: Any, answer: Callable[..., dict]) -> tuple[int, bytes]:
+    images = _b64_pngs(generation)
+    return len(images), json.dumps(answer(generation, images)).encode("utf-8")
+
+
 def _openai_answer(generation: Any, images: list[str]) -> dict[str, Any]:
     seed = generation.settings.seed
     return {"created": int(time.time()), "data": [{"b64_json": image, "seed": seed} for image in images]}
@@ -63,12 +68,28 @@ def _a1111_answer(generation: Any, images: list[str], sampler: str, model: str) 
     return {"images": images, "parameters": parameters, "info": json.dumps(info)}
 
 
+MAX_BODY_BYTES = 1 << 20  # a request is a prompt and a few numbers; refuse bodies that could exhaust memory
+
+
+def _too_large() -> ApiError:
+    return ApiError(413, "invalid_request_error", f"the request body is larger than {MAX_BODY_BYTES} bytes")
+
+
 async def _read_json(request: Request) -> Any:
-    raw = await request.body()
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise _too_large()
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRequest(f"the request body is not valid JSON: {err}", None) from err
+    # ValueError: also integers beyond Python's digit limit; RecursionError: absurdly nested arrays.
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        message = " ".join(str(err).split())[:200] or type(err).__name__
+        raise BadRequest(f"the request body is not valid JSON: {message}", None) from err
 
 
 class ReplicaHeader:
@@ -114,10 +135,11 @@ def create_app(service: Service, replica: str | None = None) -> FastAPI:
             body = await _read_json(request)
             parsed = parse(body, service.limits())
             generation = await service.generate(parsed, request.is_disconnected)
-            images = await asyncio.to_thread(_b64_pngs, generation)
-            metrics.images.inc(len(images))
+            # PNG encoding and the JSON of several megabytes of base64 stay off the event loop.
+            count, content = await asyncio.to_thread(_render, generation, answer)
+            metrics.images.inc(count)
             metrics.requests.labels(endpoint, "200").inc()
-            return JSONResponse(answer(generation, images))
+            return Response(content, media_type="application/json")
         except BadRequest as err:
             return error_response(endpoint, ApiError(400, "invalid_request_error", str(err), err.param))
         except ApiError as err:
@@ -125,6 +147,10 @@ def create_app(service: Service, replica: str | None = None) -> FastAPI:
         except ClientGone:
             metrics.requests.labels(endpoint, str(CLIENT_CLOSED)).inc()
             return Response(status_code=CLIENT_CLOSED)
+        except Exception as err:  # noqa: BLE001 - a bug must still answer in the API's shape, and be counted
+            log.exception("%s request failed", endpoint)
+            message = f"internal error: {type(err).__name__}: {' '.join(str(err).split())[:300]}"
+            return error_response(endpoint, ApiError(500, "server_error", message))
         finally:
             metrics.in_flight.dec()
             metrics.request_latency.labels(endpoint).observe(time.perf_counter() - started)
@@ -155,7 +181,9 @@ def create_app(service: Service, replica: str | None = None) -> FastAPI:
             body["model"] = service.pipeline.model_name
         if service.failure:
             body["error"] = service.failure
-        return JSONResponse(body, status_code=200 if service.state == "ready" else 503)
+        if service.state == "ready" and not service.worker_alive():
+            body["status"], body["error"] = "failed", "the batch worker stopped; restart the service"
+        return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

@@ -75,6 +75,7 @@ class Batcher:
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._running = 0  # jobs in the batch being generated
+        self._collecting: list[Job] = []  # jobs taken from the queue while the batch waits for more
         self._closed = False
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="runner-batcher", daemon=True)
@@ -99,12 +100,14 @@ class Batcher:
 
     def depth(self) -> int:
         with self._cond:
-            return sum(1 for job in self._queue if not job.future.cancelled())
+            waiting = [*self._queue, *self._collecting]
+            return sum(1 for job in waiting if not job.future.cancelled())
 
     def idle(self) -> bool:
         """Nothing queued and nothing running."""
         with self._cond:
-            return self._running == 0 and not any(not job.future.cancelled() for job in self._queue)
+            waiting = [*self._queue, *self._collecting]
+            return self._running == 0 and not any(not job.future.cancelled() for job in waiting)
 
     def alive(self) -> bool:
         """The worker thread is running (it ends only after `stop`)."""
@@ -145,6 +148,7 @@ class Batcher:
                 self._cond.wait()
             first = self._queue.popleft()
             batch, images = [first], first.images
+            self._collecting = batch  # still waiting, though no longer in the queue: idle() and depth() count it
             deadline = first.enqueued + self.max_wait_s
             while first.key is not None and images < self.max_batch and not self._stopped:
                 for job in list(self._queue):
@@ -159,6 +163,7 @@ class Batcher:
                 self._cond.wait(remaining)
             # A job cancelled from now on still runs (its result is discarded); before this, it costs nothing.
             batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            self._collecting = []
             self._running = len(batch)
             return batch
 
@@ -170,6 +175,11 @@ class Batcher:
             try:
                 if batch:
                     self._run(batch)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not stop the worker and hang every request
+                log.exception("the batch worker failed")
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
             finally:
                 with self._cond:
                     self._running = 0
@@ -189,18 +199,22 @@ class Batcher:
                     try:
                         self._generate([job])
                     except Exception as single:  # noqa: BLE001 - the request's own failure
-                        job.future.set_exception(single)
+                        if not job.future.done():
+                            job.future.set_exception(single)
                 return
             log.error("a batch of %d request(s) failed: %s: %s", len(batch), type(exc).__name__, exc)
             for job in batch:
-                job.future.set_exception(exc)
+                if not job.future.done():
+                    job.future.set_exception(exc)
 
     def _generate(self, batch: list[Job]) -> None:
         results = self.pipeline.generate_batch([job.settings for job in batch])
+        if len(results) != len(batch):
+            raise RuntimeError(f"generate_batch returned {len(results)} results for {len(batch)} requests")
+        for job, result in zip(batch, results, strict=True):
+            job.future.set_result(result)
         self.metrics.batch_size.observe(sum(job.images for job in batch))
         self.metrics.batch_requests.observe(len(batch))
-        for job, result in zip(batch, results):
-            job.future.set_result(result)
         peak = getattr(results[0], "report", {}).get("peak_memory_mb") if results else None
         if peak:
             self.metrics.record_peak_memory(peak)

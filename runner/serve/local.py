@@ -2,7 +2,7 @@
 
 On SIGTERM the service stops intake (new requests and /healthz answer 503, so a load balancer moves on),
 requests already queued or running finish, and the process exits 0 once idle, or 1 when `serve.drain_s`
-ran out first. A second SIGINT quits at once.
+ran out first. A second signal quits at once (exit 1).
 """
 
 from __future__ import annotations
@@ -38,24 +38,27 @@ class DrainingServer(uvicorn.Server):
         self.unfinished = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.drain_deadline is None and sig in (signal.SIGTERM, signal.SIGINT):
-            log.info(
-                "%s: draining (no new requests; up to %.0f s for the running ones)",
-                signal.Signals(sig).name,
-                self.drain_s,
-            )
-            self.service.begin_drain()
+        # A signal handler runs between any two bytecodes of the main thread: it only sets flags (taking a
+        # lock here, as the metrics do, could deadlock with the interrupted code); on_tick acts on them.
+        if sig not in (signal.SIGTERM, signal.SIGINT):
+            super().handle_exit(sig, frame)
+        elif self.drain_deadline is None:
             self.drain_deadline = time.monotonic() + self.drain_s
-            return
-        super().handle_exit(sig, frame)
+        else:  # a second signal: stop now, without waiting for running requests (not re-raised: exit 1)
+            self.unfinished = True
+            self.should_exit = self.force_exit = True
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain_deadline is not None and not self.should_exit:
+            if self.service.state != "draining":
+                log.info("draining: no new requests; up to %.0f s for the running ones", self.drain_s)
+                self.service.begin_drain()
             if self.service.idle() and not self.server_state.tasks:
                 self.should_exit = True
             elif time.monotonic() >= self.drain_deadline:
-                self.unfinished = not self.service.idle() or bool(self.server_state.tasks)
-                self.should_exit = True
+                # Out of time: uvicorn must not wait again (its graceful shutdown would add drain_s).
+                self.unfinished = True
+                self.should_exit = self.force_exit = True
         return await super().on_tick(counter)
 
 

@@ -104,11 +104,15 @@ def _guidance(body: Mapping[str, Any], key: str) -> float | None:
         return None
     if not _is_number(value):
         raise BadRequest(f"'{key}'={value!r} must be a number", key)
-    if not math.isfinite(value):  # Python's JSON reader takes NaN and Infinity (and 1e999 as inf)
+    try:
+        number = float(value)  # an integer of hundreds of digits does not fit a float
+    except OverflowError as err:
+        raise BadRequest(f"'{key}' is too large to be a number", key) from err
+    if not math.isfinite(number):  # Python's JSON reader takes NaN and Infinity (and 1e999 as inf)
         raise BadRequest(f"'{key}'={value} must be a finite number", key)
     if value < 0:
         raise BadRequest(f"'{key}'={value} must be >= 0", key)
-    return float(value)
+    return number
 
 
 def _seed(body: Mapping[str, Any], key: str, random_marker: int | None) -> int:
@@ -142,6 +146,7 @@ def check_size(width: int, height: int, limits: Limits, param: str, height_param
 def parse_size(value: Any, limits: Limits) -> tuple[int, int]:
     """'WxH' (or 'auto' / absent: the model's default size) -> (width, height)."""
     if value is None or value == "auto":
+        check_size(limits.default_width, limits.default_height, limits, "size")
         return limits.default_width, limits.default_height
     match = re.fullmatch(r"(\d{1,5})x(\d{1,5})", value) if isinstance(value, str) else None
     if not match:

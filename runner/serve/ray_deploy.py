@@ -54,6 +54,9 @@ def deployment_options(settings: ServeSettings) -> dict[str, Any]:
         # max_ongoing_requests. Leave that much room above what the batcher holds (max_queue waiting, up to
         # max_batch running, as many again encoding their answers) so that the batcher sheds load: 429.
         "max_ongoing_requests": settings.max_queue + 2 * settings.max_batch,
+        # What Ray's proxy may hold for a deployment whose replicas are all full: bounded, so that overload is
+        # answered (503 from the proxy) instead of piling up.
+        "max_queued_requests": settings.max_queue,
         # A replica being stopped (scale-down, shutdown) finishes its requests first, as serve.engine=local does.
         "graceful_shutdown_timeout_s": settings.drain_s,
     }

@@ -91,6 +91,9 @@ class Service:
     def idle(self) -> bool:
         return self.batcher is None or self.batcher.idle()
 
+    def worker_alive(self) -> bool:
+        return self.batcher is not None and self.batcher.alive()
+
     def stop(self) -> None:
         if self.batcher:
             self.batcher.stop()
@@ -105,7 +108,7 @@ class Service:
             default_height=p.defaults.height,
             max_pixels=s.max_pixels,
             max_steps=s.max_steps,
-            max_n=s.max_n,
+            max_n=s.max_n or s.max_batch,
         )
 
     def ready_pipeline(self) -> Any:
@@ -119,7 +122,8 @@ class Service:
         """Validate with the pipeline (the CLI's checks), queue, wait for the batch; the Generation."""
         pipeline = self.ready_pipeline()
         try:
-            settings = pipeline.settings(**parsed.params)
+            # The CLI's checks cost milliseconds (OmegaConf): not on the event loop.
+            settings = await asyncio.to_thread(pipeline.settings, **parsed.params)
         except ConfigError as err:
             raise BadRequest(err.one_line(), param_of_config_error(str(err), parsed.fields)) from err
         try:
@@ -143,7 +147,14 @@ class Service:
                 raise ApiError(
                     504, "timeout", f"no answer within serve.request_timeout_s={self.settings.request_timeout_s}"
                 )
-            done, _ = await asyncio.wait({waiter}, timeout=min(DISCONNECT_POLL_S, remaining))
+            try:
+                done, _ = await asyncio.wait({waiter}, timeout=min(DISCONNECT_POLL_S, remaining))
+            except asyncio.CancelledError:
+                # The handler itself was cancelled (Ray Serve does so when the client leaves; uvicorn at the
+                # end of a forced shutdown): a job that has not started must not run for nobody.
+                if job.future.cancel():
+                    self.metrics.cancelled.inc()
+                raise
             if done:
                 return self._result(waiter)
             if await is_disconnected():

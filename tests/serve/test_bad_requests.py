@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.support.servers import TINY_MODEL, serve_in_thread, wait_ready
+from tests.support.servers import TINY_MODEL, decode_png, serve_in_thread, wait_ready
 
 # Small limits, so "above the limit" is cheap to ask for.
 LIMITS = {"max_n": 2, "max_steps": 10, "max_pixels": 64 * 128}
@@ -37,6 +37,11 @@ OPENAI_BAD = [
         f"model 'dall-e-3' is not served here; this service runs '{TINY_MODEL}'",
         id="model-other",
     ),
+    pytest.param(
+        b'{"prompt": "a", "seed": 1' + b"0" * 5000 + b"}", None, "not valid JSON", id="int-beyond-digit-limit"
+    ),
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, None, "not valid JSON", id="nested-beyond-recursion-limit"),
+    pytest.param(body(guidance=10**400), "guidance", "'guidance' is too large to be a number", id="guidance-huge-int"),
     pytest.param(body(n=0), "n", "'n'=0 is out of range: allowed 1 to 2", id="n-zero"),
     pytest.param(body(n=3), "n", "'n'=3 is out of range: allowed 1 to 2", id="n-above-max_n"),
     pytest.param(body(n=1.5), "n", "'n'=1.5 must be an integer", id="n-float"),
@@ -224,3 +229,33 @@ def test_after_every_bad_request_a_good_one_is_served(server):
     # No bad request reached the pipeline: only the good one was generated.
     assert server.metric("runner_batch_requests_count") - batches_before == 1
     assert server.metric("runner_images_generated_total") - images_before == 1
+
+
+def test_a_body_beyond_the_limit_is_413_before_it_is_parsed(server):
+    from runner.serve.app import MAX_BODY_BYTES
+
+    huge = json.dumps({**GOOD, "negative_prompt": "x" * MAX_BODY_BYTES})
+    answer = post_raw(server, "/v1/images/generations", huge)
+    assert answer.status_code == 413
+    assert answer.json()["error"]["message"] == f"the request body is larger than {MAX_BODY_BYTES} bytes"
+    assert server.metric("runner_request_errors_total", status="413") >= 1
+    assert server.get("/healthz").status_code == 200
+
+
+def test_a_request_without_size_is_held_to_max_pixels_too(tiny_pipeline):
+    # The model's default size (64x64 = 4096 pixels) is above this service's limit of 64x32.
+    with serve_in_thread(tiny_pipeline, max_pixels=64 * 32) as live:
+        wait_ready(live)
+        answer = post_raw(live, "/v1/images/generations", body(size=...))
+        assert_bad_request(answer, "size", "size 64x64 has 4096 pixels; this service allows at most 2048")
+
+
+def test_prompts_are_text_never_config_interpolations(server, monkeypatch):
+    # OmegaConf would resolve ${oc.env:...} in config text: a request must not read the server's environment.
+    monkeypatch.setenv("RUNNER_TEST_SECRET", "hunter2")
+    prompt = "a fox ${oc.env:RUNNER_TEST_SECRET}"
+    answer = post_raw(server, "/v1/images/generations", body(prompt=prompt, negative_prompt="${oc.env:HOME}"))
+    assert answer.status_code == 200, answer.text[:500]
+    _, chunks = decode_png(answer.json()["data"][0]["b64_json"])
+    assert chunks["prompt"] == prompt and chunks["negative_prompt"] == "${oc.env:HOME}"
+    assert "hunter2" not in answer.text

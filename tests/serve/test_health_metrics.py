@@ -68,7 +68,7 @@ def test_healthz_is_503_with_the_error_when_loading_fails():
 
 def test_metrics_expose_load_queue_images_memory_and_batch_sizes(tiny_pipeline):
     gated = GatedPipeline(tiny_pipeline)
-    with serve_in_thread(gated, max_batch=1) as live, ThreadPoolExecutor(2) as pool:
+    with serve_in_thread(gated, max_batch=2) as live, ThreadPoolExecutor(2) as pool:
         wait_ready(live)
         with gated.held():
             running = pool.submit(live.post, URL, json=GOOD)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from runner.images import read_png_metadata
+from runner.schema import ServeSettings
 from tests.support.runs import max_pixel_diff, run_cli
 from tests.support.servers import TINY_MODEL as MODEL
 from tests.support.servers import decode_png, serve_in_thread, wait_ready
@@ -107,4 +108,5 @@ def test_the_client_raises_the_error_the_service_names(client):
         generate(client, n=0)
     err = caught.value
     assert err.status_code == 400 and err.type == "invalid_request_error" and err.param == "n"
-    assert "'n'=0 is out of range: allowed 1 to 8" in err.message
+    # serve.max_n defaults to serve.max_batch: a request's images run in one batch.
+    assert f"'n'=0 is out of range: allowed 1 to {ServeSettings().max_batch}" in err.message

@@ -91,3 +91,11 @@ def test_guidance_rescale_needs_a_model_with_classifier_free_guidance():
 def test_guidance_rescale_without_active_guidance_warns(caplog):
     plan_run(compose_config(["guidance=1", "guidance_rescale=0.5"]), check_capabilities=False)
     assert any("guidance_rescale=0.5 has no effect at guidance=1.0" in r.message for r in caplog.records)
+
+
+def test_serve_max_n_is_at_most_max_batch():
+    from runner.schema import parse_serve
+
+    assert parse_serve({"max_batch": 4}).max_n is None
+    with pytest.raises(ConfigError, match=r"^serve\.max_n=8 must be in \[1, serve\.max_batch=4\]"):
+        parse_serve({"max_batch": 4, "max_n": 8})
