@@ -35,24 +35,31 @@ class DrainingServer(uvicorn.Server):
         self.service = service
         self.drain_s = drain_s
         self.drain_deadline: float | None = None
+        self.drain_begun = False
+        self.drain_signal = ""
         self.unfinished = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # A signal handler runs between any two bytecodes of the main thread: it only sets flags (taking a
-        # lock here, as the metrics do, could deadlock with the interrupted code); on_tick acts on them.
+        # lock here, as the metrics do, could deadlock with the interrupted code); on_tick does the rest.
         if sig not in (signal.SIGTERM, signal.SIGINT):
             super().handle_exit(sig, frame)
         elif self.drain_deadline is None:
             self.drain_deadline = time.monotonic() + self.drain_s
+            self.drain_signal = signal.Signals(sig).name
+            self.service.state = "draining"  # a plain assignment: new requests and /healthz get 503 from now on
         else:  # a second signal: stop now, without waiting for running requests (not re-raised: exit 1)
             self.unfinished = True
             self.should_exit = self.force_exit = True
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain_deadline is not None and not self.should_exit:
-            if self.service.state != "draining":
-                log.info("draining: no new requests; up to %.0f s for the running ones", self.drain_s)
+            if not self.drain_begun:
+                log.info(
+                    "%s: draining (no new requests; up to %.0f s for the running ones)", self.drain_signal, self.drain_s
+                )
                 self.service.begin_drain()
+                self.drain_begun = True
             if self.service.idle() and not self.server_state.tasks:
                 self.should_exit = True
             elif time.monotonic() >= self.drain_deadline:
