@@ -6,14 +6,15 @@ last bits): Tolerances.cross_engine in tests/support/cases.py.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tests.support.cases import case, names, slow_except
 from tests.support.runs import max_pixel_diff, runner_images
 
 
-@pytest.mark.parametrize("model", slow_except(names()))  # cross-engine runs are long: all slow
-def test_same_image_on_both_engines(tiny_weights, model):
+def both_engines(tiny_weights, model: str, *overrides: str) -> tuple[np.ndarray, np.ndarray]:
+    """(Paddle, PyTorch) images of one run from the model's tiny weights, noise=numpy, with `overrides`."""
     common = [
         f"model={model}",
         f"model.weights={tiny_weights(model)}",
@@ -24,9 +25,14 @@ def test_same_image_on_both_engines(tiny_weights, model):
         "width=48",
         "steps=3",
         "negative_prompt=blurry",
+        *overrides,
     ]
-    paddle_images = runner_images([*common, "backend=paddle"])
-    torch_images = runner_images([*common, "backend=torch"])
+    return runner_images([*common, "backend=paddle"]), runner_images([*common, "backend=torch"])
+
+
+@pytest.mark.parametrize("model", slow_except(names()))  # cross-engine runs are long: all slow
+def test_same_image_on_both_engines(tiny_weights, model):
+    paddle_images, torch_images = both_engines(tiny_weights, model)
     assert paddle_images.std() > 1.0
     assert max_pixel_diff(paddle_images, torch_images) <= case(model).tolerances.cross_engine
 
@@ -34,21 +40,7 @@ def test_same_image_on_both_engines(tiny_weights, model):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny_sd15", "tiny_sdxl", "tiny_sd3"])
 def test_guidance_rescale_is_the_same_on_both_engines(tiny_weights, model):
-    common = [
-        f"model={model}",
-        f"model.weights={tiny_weights(model)}",
-        "noise=numpy",
-        "seed=21",
-        "batch=2",
-        "height=64",
-        "width=48",
-        "steps=3",
-        "guidance=12",
-        "guidance_rescale=0.7",
-        "negative_prompt=blurry",
-    ]
-    paddle_images = runner_images([*common, "backend=paddle"])
-    torch_images = runner_images([*common, "backend=torch"])
+    paddle_images, torch_images = both_engines(tiny_weights, model, "guidance=12", "guidance_rescale=0.7")
     assert paddle_images.std() > 1.0
     assert max_pixel_diff(paddle_images, torch_images) <= 2
 
