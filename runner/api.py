@@ -165,9 +165,11 @@ class Pipeline:
         """The loaded config's run settings (what a call that sets nothing generates)."""
         return self.plan.settings
 
-    def describe(self) -> dict[str, Any]:
-        """The resolved choices of the loaded config (model, backend, device, precision, sampler, ...)."""
-        return {**describe_plan(self.plan), "sampler": self.sampler}
+    def describe(self, settings: RunSettings | None = None) -> dict[str, Any]:
+        """The resolved choices (model, backend, device, precision, sampler, ...) with `settings`' run values;
+        None: the loaded config's."""
+        plan = self.plan if settings is None else dataclasses.replace(self.plan, settings=settings)
+        return {**describe_plan(plan), "sampler": self.sampler}
 
     # ------------------------------------------------------------------ generating
     def settings(self, **params: Any) -> RunSettings:
@@ -250,12 +252,14 @@ class Pipeline:
 
     def _split(self, execution: Execution, merged: RunSettings, requests: Sequence[RunSettings]) -> list[Generation]:
         images = execution.state["images"]
+        # What the whole batch shares is gathered once (the hook listing walks every submodule).
+        shared = self._batch_report(execution, merged, len(requests))
         results, start = [], 0
         for settings in requests:
             count = settings.num_images
-            plan = dataclasses.replace(self.plan, settings=settings)
-            report = self._report(plan, execution, merged, len(requests))
-            metadata = [self._image_metadata(plan, index) for index in range(count)]
+            run = self.describe(settings)
+            metadata = [self._image_metadata(settings, run, index) for index in range(count)]
+            report = {**shared, "run": run}
             results.append(Generation(settings, list(images[start : start + count]), metadata, report))
             start += count
         return results
@@ -264,7 +268,8 @@ class Pipeline:
         """The Generation of an execution of the loaded plan as it is (the benchmark times those itself)."""
         return self._split(execution, self.plan.settings, [self.plan.settings])[0]
 
-    def _report(self, plan: RunPlan, execution: Execution, merged: RunSettings, requests: int) -> dict[str, Any]:
+    def _batch_report(self, execution: Execution, merged: RunSettings, requests: int) -> dict[str, Any]:
+        """report.json of a denoise batch; `run` (the request's own settings) is filled in per request."""
         built = self.built
         report = build_report(
             images=[],
@@ -273,7 +278,7 @@ class Pipeline:
             num_images=merged.num_images,
             peak_memory_mb=execution.peak_memory_mb,
             load_ms=built.load_ms,
-            run={**describe_plan(plan), "sampler": self.sampler},
+            run={},
             backend=built.backend.describe(),
             config=self.config,
             engine_versions=built.engine.versions(),
@@ -284,11 +289,10 @@ class Pipeline:
         report["batch"] = {"requests": requests, "images": merged.num_images}
         return report
 
-    def _image_metadata(self, plan: RunPlan, index: int) -> dict[str, Any]:
-        s = plan.settings
+    def _image_metadata(self, s: RunSettings, run: Mapping[str, Any], index: int) -> dict[str, Any]:
+        """The PNG text chunks of image `index` of a request (`run`: its describe_plan)."""
         prompt_index = index // s.images_per_prompt
         negative = s.negative_prompts[prompt_index] if s.negative_prompts else ""
-        run = describe_plan(plan)
         metadata = {
             "prompt": s.prompts[prompt_index],
             "negative_prompt": negative,
@@ -321,10 +325,10 @@ def merge_requests(requests: Sequence[RunSettings], keys: Sequence[Hashable | No
     if keys[0] is None or any(key != keys[0] for key in keys):
         raise ValueError(f"requests with different batch keys cannot share a batch: {sorted(set(map(str, keys)))}")
     per_prompt = {s.images_per_prompt for s in requests}
-    repeat = 1 if len(per_prompt) == 1 else None  # None: expand each prompt to its own rows
+    shared_count = len(per_prompt) == 1  # else each prompt is expanded to one row per image
 
     def rows(s: RunSettings, texts: Sequence[str]) -> list[str]:
-        return list(texts) if repeat else [t for t in texts for _ in range(s.images_per_prompt)]
+        return list(texts) if shared_count else [t for t in texts for _ in range(s.images_per_prompt)]
 
     prompts = [text for s in requests for text in rows(s, s.prompts)]
     negatives = None
@@ -334,7 +338,7 @@ def merge_requests(requests: Sequence[RunSettings], keys: Sequence[Hashable | No
         requests[0],
         prompts=tuple(prompts),
         negative_prompts=negatives,
-        images_per_prompt=per_prompt.pop() if repeat else 1,
+        images_per_prompt=per_prompt.pop() if shared_count else 1,
         seed_rows=tuple((s.seed, s.num_images) for s in requests),
     )
 

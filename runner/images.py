@@ -13,24 +13,20 @@ from PIL import Image, PngImagePlugin
 from runner.files import write_atomic
 
 
-def _png_info(metadata: Mapping[str, Any]) -> PngImagePlugin.PngInfo:
+def png_bytes(image: np.ndarray, metadata: Mapping[str, Any]) -> bytes:
+    """A uint8 [H, W, 3] array encoded as PNG, with each metadata entry as an iTXt chunk."""
     info = PngImagePlugin.PngInfo()
     for key, value in metadata.items():
         info.add_itxt(key, "" if value is None else str(value))
-    return info
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
 
 
 def save_png(path: Path, image: np.ndarray, metadata: Mapping[str, Any]) -> None:
-    """Save a uint8 [H, W, 3] array as PNG with each metadata entry as an iTXt chunk (atomically)."""
-    picture = Image.fromarray(image)
-    write_atomic(path, lambda f: picture.save(f, format="PNG", pnginfo=_png_info(metadata)))
-
-
-def png_bytes(image: np.ndarray, metadata: Mapping[str, Any]) -> bytes:
-    """The PNG `save_png` would write, in memory."""
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", pnginfo=_png_info(metadata))
-    return buffer.getvalue()
+    """Write `png_bytes(image, metadata)` to `path` atomically."""
+    encoded = png_bytes(image, metadata)
+    write_atomic(path, lambda f: f.write(encoded))
 
 
 def read_png_metadata(path: Path) -> dict[str, str]:

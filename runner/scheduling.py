@@ -51,6 +51,21 @@ def step_kwargs_for(scheduler: Any, generator: Any) -> dict[str, Any]:
     return {"generator": generator} if "generator" in accepts else {}
 
 
+def _probe_scheduler(choice: SchedulerChoice, engine: Any, steps: int) -> Any:
+    """A fresh scheduler of `choice` with `steps` timesteps set, for probing it without a model."""
+    probe = engine.make_scheduler(choice.class_name, choice.config)
+    if getattr(probe.config, "use_dynamic_shifting", False):
+        # Resolution-shifted flow matching takes sigmas and a shift (mu) instead of a step count.
+        probe.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=1.0)
+    else:
+        probe.set_timesteps(steps)
+    return probe
+
+
+def _probe_latents(engine: Any, shape: tuple[int, ...]) -> Any:
+    return engine.cast(engine.tensor(np.full(shape, 0.5, dtype=np.float32)), engine.dtype)
+
+
 def make_checked_scheduler(choice: SchedulerChoice, steps: int, engine: Any) -> Any:
     """Build the scheduler and run it for a few steps on a 1x1 latent, before any weights load.
 
@@ -59,14 +74,8 @@ def make_checked_scheduler(choice: SchedulerChoice, steps: int, engine: Any) -> 
     instead of after minutes of loading and denoising.
     """
     try:
-        probe = engine.make_scheduler(choice.class_name, choice.config)
-        steps = min(steps, 4)
-        if getattr(probe.config, "use_dynamic_shifting", False):
-            # Resolution-shifted flow matching takes sigmas and a shift (mu) instead of a step count.
-            probe.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=1.0)
-        else:
-            probe.set_timesteps(steps)
-        latents = engine.cast(engine.tensor(np.full((1, 1, 1, 1), 0.5, dtype=np.float32)), engine.dtype)
+        probe = _probe_scheduler(choice, engine, min(steps, 4))
+        latents = _probe_latents(engine, (1, 1, 1, 1))
         step_kwargs = step_kwargs_for(probe, engine.generator(0))
         for t in probe.timesteps:
             model_input = probe.scale_model_input(latents, t) if hasattr(probe, "scale_model_input") else latents
@@ -87,12 +96,8 @@ def draws_step_noise(choice: SchedulerChoice, engine: Any) -> bool:
     a batch draws its step noise from one generator."""
     outputs = []
     for seed in (0, 1):
-        scheduler = engine.make_scheduler(choice.class_name, choice.config)
-        if getattr(scheduler.config, "use_dynamic_shifting", False):
-            scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.5, 2), mu=1.0)
-        else:
-            scheduler.set_timesteps(2)
-        latents = engine.cast(engine.tensor(np.full((1, 1, 2, 2), 0.5, dtype=np.float32)), engine.dtype)
+        scheduler = _probe_scheduler(choice, engine, 2)
+        latents = _probe_latents(engine, (1, 1, 2, 2))
         t = scheduler.timesteps[0]
         step_kwargs = step_kwargs_for(scheduler, engine.generator(seed))
         outputs.append(engine.to_numpy(scheduler.step(latents * 0.1, t, latents, return_dict=False, **step_kwargs)[0]))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Mapping
@@ -140,9 +139,9 @@ def check_fits(nodes: list[Mapping[str, Any]], settings: ServeSettings) -> None:
 
 def free_port(host: str) -> int:
     """A port free on `host` now (Ray's proxy cannot take port 0 and report the port it got)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
+    from runner.serve.local import listen
+
+    with listen(host, 0) as sock:
         return sock.getsockname()[1]
 
 
