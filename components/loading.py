@@ -41,7 +41,7 @@ def bundled_tokenizer(asset: str) -> Path:
     """Folder of a small tokenizer shipped with the project, used with `weights=random`.
 
     Real checkpoints carry their own tokenizer; random weights only need token ids of the right
-    sequence length, so a 700-token BPE vocabulary (CLIP) or a 220-piece sentencepiece model (T5)
+    sequence length, so a ~700-token BPE vocabulary (CLIP) or a ~220-id sentencepiece model (T5)
     stands in for the 49k / 32k vocabularies, which cannot be downloaded here.
     """
     path = ASSETS / "tokenizers" / asset

@@ -18,6 +18,7 @@ from typing import Any
 
 from runner.api import Pipeline
 from runner.app import BuiltPipeline, load_pipeline, optimize
+from runner.bench_quality import measure_quality
 from runner.errors import ConfigError, RunnerError
 from runner.executor import execute
 from runner.graph import RunContext
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def parse_bench(node: Any) -> BenchSettings:
     bench = typed(BenchSettings, node, "mode", owner="mode=bench")
-    for key, low in (("warmup", 0), ("repeats", 1)):
+    for key, low in (("warmup", 0), ("repeats", 1), ("quality_prompts", 1)):
         if getattr(bench, key) < low:
             raise ConfigError(f"mode.{key}={getattr(bench, key)!r} must be an integer >= {low}")
     return bench
@@ -153,7 +154,10 @@ def run_bench(cfg: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
     runner = measure_runner(built, bench)
     last = dataclasses.replace(runner.pop("last_run"), peak_memory_mb=runner["peak_memory_mb"])
     section = bench_section(bench, runner, flops, reference)
-    report = Pipeline(cfg, built).generation_of(last).save(output_dir, extra={"bench": section})
+    pipe = Pipeline(cfg, built)
+    if bench.quality:
+        section["quality"] = measure_quality(cfg, pipe, bench.quality_prompts, output_dir)
+    report = pipe.generation_of(last).save(output_dir, extra={"bench": section})
     print(bench_table(report), flush=True)
     return report
 

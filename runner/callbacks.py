@@ -37,7 +37,9 @@ def write_summary(sweep_dir: Path) -> str | None:
     rows = collect_rows(sweep_dir)
     if not rows:
         return None
-    table = markdown(SUMMARY_COLUMNS, [[row[c] for c in SUMMARY_COLUMNS] for row in rows])
+    # The markdown table leaves out columns no job filled (quality without mode.quality); the CSV keeps all.
+    shown = [c for c in SUMMARY_COLUMNS if any(row[c] is not None for row in rows)]
+    table = markdown(shown, [[row[c] for c in shown] for row in rows])
     write_atomic(sweep_dir / "summary.md", lambda f: f.write((table + "\n").encode("utf-8")))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS)

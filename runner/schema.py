@@ -35,7 +35,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 class RunParams:
     """The run parameters: the top-level keys of the composed config. None: the model's default."""
 
-    prompt: Any = "a photo of an astronaut riding a horse on the moon"  # a string or a list of strings
+    prompt: Any = "a red circle on a blue background"  # a string or a list of strings
     negative_prompt: Any = None  # None: no negative prompt (SDXL then uses zero embeddings, as its pipeline does)
     seed: int = 0
     steps: int | None = None
@@ -114,7 +114,7 @@ class ModelConfig:
     scheduler: ModelSchedulerConfig = field(default_factory=ModelSchedulerConfig)
     components: dict[str, ComponentConfig] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)  # {name, type, parameters...}, checked by the graph
-    weights: str = "random"  # a local diffusers-layout directory, or random weights from the architecture
+    weights: str = "random"  # a local diffusers-layout directory, bundled:NAME (shipped), or random weights
     init_seed: int = 0  # seed of the random weights (weights=random); the run seed only draws noise
     guidance_used: bool = True  # False: the denoiser takes no guidance scale (a guidance= given is ignored)
     max_sequence_length: int | None = None  # T5 tokens, for models with a T5 encoder
@@ -207,6 +207,8 @@ class BenchSettings:
     warmup: int = 1
     repeats: int = 3
     reference: bool = True
+    quality: bool = False  # also draw a fixed prompt set: adherence, and PSNR/SSIM vs the fp32 unoptimized run
+    quality_prompts: int = 24  # size of that prompt set (runner/shapes.evaluation_prompts)
 
 
 MODES: dict[str, type] = {"run": RunMode, "bench": BenchSettings, "serve": RunMode}

@@ -47,13 +47,30 @@ def bench_table(report: Mapping[str, Any]) -> str:
         notes.append(f"reference unavailable: {ref['error']}")
     if ref.get("note"):
         notes.append(f"note: {ref['note']}")
+    quality = bench.get("quality")
+    if quality:
+        notes.append(quality_line(quality))
     return "\n".join([title, markdown(headers, rows), *notes])
+
+
+def quality_line(quality: Mapping[str, Any]) -> str:
+    ours, ref, sim = quality["adherence"], quality["reference_adherence"], quality["vs_reference"]
+
+    def part(score: Mapping[str, Any]) -> str:
+        return " ".join(f"{k} {_fmt(score.get(k))}" for k in ("colour", "shape", "background"))
+
+    return (
+        f"quality over {quality['prompts']} prompts: adherence {part(ours)} (reference: {part(ref)}); "
+        f"vs {quality['reference']}: PSNR mean {_fmt(sim['psnr_mean_db'])} dB, min {_fmt(sim['psnr_min_db'])} dB, "
+        f"SSIM {_fmt(sim['ssim_mean'])}"
+    )
 
 
 SUMMARY_COLUMNS = [
     "job", "model", "backend", "device", "precision", "passes", "size", "steps", "batch", "step_ms_median",
     "step_ms_p90", "steps_per_s", "images_per_s", "total_ms", "peak_memory_mb", "gflop_per_call", "tflop_per_s",
-    "reference_step_ms", "speed_ratio_step",
+    "reference_step_ms", "speed_ratio_step", "adherence_colour", "adherence_shape", "adherence_background",
+    "psnr_db", "ssim",
 ]  # fmt: skip
 
 
@@ -79,4 +96,11 @@ def summary_row(job: str, report: Mapping[str, Any]) -> dict[str, Any]:
             tflop_per_s=bench["denoiser"]["tflop_per_s"], reference_step_ms=(ref.get("step") or {}).get("median"),
             speed_ratio_step=bench.get("ratio", {}).get("step"),
         )  # fmt: skip
+        quality = bench.get("quality")
+        if quality:
+            adherence, sim = quality["adherence"], quality["vs_reference"]
+            row.update(
+                adherence_colour=adherence.get("colour"), adherence_shape=adherence.get("shape"),
+                adherence_background=adherence.get("background"), psnr_db=sim["psnr_mean_db"], ssim=sim["ssim_mean"],
+            )  # fmt: skip
     return row

@@ -18,6 +18,29 @@ def read_json(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
 
 
+BUNDLED_PREFIX = "bundled:"
+# The trained pipelines shipped with the project: data beside the engine code (a checkout and an installed
+# wheel lay out runner/ and components/ side by side), found by path so that runner/ imports no engine code.
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "components" / "assets" / "models"
+
+
+def bundled_models() -> list[str]:
+    """Names of the pipelines `bundled:NAME` can load."""
+    return sorted(p.parent.name for p in BUNDLED_DIR.glob("*/model_index.json"))
+
+
+def weights_path(weights: str) -> Path:
+    """The directory `model.weights` names: a local path, or `bundled:NAME` for a pipeline shipped with the project."""
+    if not weights.startswith(BUNDLED_PREFIX):
+        return Path(weights).expanduser()
+    name = weights[len(BUNDLED_PREFIX) :]
+    if name not in bundled_models():
+        raise ConfigError(
+            f"model.weights={weights!r} names no bundled pipeline; bundled: {', '.join(bundled_models()) or 'none'}"
+        )
+    return BUNDLED_DIR / name
+
+
 def check_weights_dir(model: ModelSpec) -> tuple[Path | None, dict[str, Any]]:
     """Return (directory, model_index.json contents), or (None, {}) for random weights.
 
@@ -26,10 +49,11 @@ def check_weights_dir(model: ModelSpec) -> tuple[Path | None, dict[str, Any]]:
     """
     if model.uses_random_weights:
         return None, {}
-    root = Path(model.weights).expanduser()
+    root = weights_path(model.weights)
     if not root.is_dir():
         raise ConfigError(
-            f"model.weights={model.weights!r} is not a directory (give a local pipeline directory or 'random')"
+            f"model.weights={model.weights!r} is not a directory (give a local pipeline directory, "
+            f"{BUNDLED_PREFIX}NAME for a bundled one, or 'random')"
         )
     index_path = root / "model_index.json"
     if not index_path.is_file():

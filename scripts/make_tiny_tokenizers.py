@@ -26,6 +26,17 @@ CORPUS = [
     "low quality, blurry, watermark, bad anatomy, deformed",
     "a bowl of fruit on a table, still life",
     "a dragon flying over a castle, digital art",
+    # The shapes vocabulary (runner/shapes.py), so the trained shapes models read each word as one token.
+    "a red circle on a blue background",
+    "an orange square on a black background",
+    "a small green triangle on a white background, left",
+    "a large yellow circle on a purple background, right",
+    "blue square, red background, top",
+    "purple triangle, orange background, bottom",
+    "a white circle on a green background, center",
+    "a black square on a yellow background",
+    "small red triangle, green background",
+    "large orange circle, white background",
 ]
 CLIP_MAX_LENGTH = 77
 

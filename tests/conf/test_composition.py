@@ -73,6 +73,6 @@ def test_every_model_validates_without_capabilities(model):
 
 def test_flow_scheduler_is_refused_for_a_discrete_family():
     with pytest.raises(
-        ConfigError, match=r"^scheduler=flow_euler cannot drive model=tiny_sd15: it needs a discrete-time"
+        ConfigError, match=r"^scheduler=flow_euler cannot drive model=shapes_sd15: it needs a discrete-time"
     ):
         plan_run(compose_config(["scheduler=flow_euler"]), check_capabilities=False)

@@ -21,8 +21,8 @@ from tests.support.runs import run_cli
 @pytest.mark.parametrize("backend", ["paddle", "torch"])
 def test_bench_report_and_table(tmp_path, backend):
     out = tmp_path / "bench"
-    proc = run_cli(["mode=bench", f"backend={backend}", "steps=2", "mode.warmup=1", "mode.repeats=2", "quiet=true",
-                    f"hydra.run.dir={out}"])  # fmt: skip
+    proc = run_cli(["mode=bench", "model=tiny_sd15", f"backend={backend}", "steps=2", "mode.warmup=1",
+                    "mode.repeats=2", "quiet=true", f"hydra.run.dir={out}"])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     bench = report["bench"]
@@ -93,7 +93,8 @@ def test_bad_bench_settings(key, value):
 def test_bad_bench_setting_types_are_named():
     with pytest.raises(ConfigError, match=r"^mode.repeats='many' must be an integer$"):
         parse_bench({"name": "bench", "repeats": "many"})
-    with pytest.raises(ConfigError, match=r"^mode=bench has no option 'warmups'; it accepts: name, reference"):
+    accepted = "name, quality, quality_prompts, reference, repeats, warmup"
+    with pytest.raises(ConfigError, match=rf"^mode=bench has no option 'warmups'; it accepts: {accepted}$"):
         parse_bench({"name": "bench", "warmups": 2})
     assert parse_bench({"name": "bench"}) == BenchSettings(name="bench")  # the defaults, written once
 
@@ -126,3 +127,32 @@ def test_reference_pipeline_gets_the_guidance_rescale(monkeypatch):
     monkeypatch.setattr(engine, "stock_pipeline", lambda class_name, components: StockWithoutRescale())
     note = measure_reference(plan, engine, {}, bench)["note"]
     assert note == "StableDiffusionPipeline takes no guidance_rescale; its guidance is not rescaled"
+
+
+def test_bench_quality_scores_the_job_against_its_fp32_unoptimized_run(tmp_path):
+    """mode.quality=true: adherence of the fixed prompt set, and PSNR/SSIM against the fp32 eager run of the
+    same prompts and seeds. A job that is that run scores PSNR 100 (identical, capped) and SSIM 1; bf16 less;
+    a sweep prints the quality columns."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "mode=bench", "mode.quality=true", "mode.quality_prompts=4", "model=tiny_sd15",
+                    "backend=torch", "precision=fp32,bf16", "steps=2", "mode.warmup=0", "mode.repeats=1",
+                    "mode.reference=false", "quiet=true", f"hydra.sweep.dir={sweep}"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    reports = {}
+    for path in sweep.glob("*/report.json"):
+        report = json.loads(path.read_text())
+        reports[report["run"]["precision"]] = report["bench"]["quality"]
+        assert (path.parent / "quality_grid.png").is_file()
+    fp32, bf16 = reports["fp32"], reports["bf16"]
+    assert fp32["prompts"] == 4 and fp32["reference"] == "precision=fp32 passes=none backend=torch"
+    assert fp32["vs_reference"] == {"psnr_mean_db": 100.0, "psnr_min_db": 100.0, "ssim_mean": 1.0}
+    assert fp32["adherence"] == fp32["reference_adherence"] and fp32["adherence"]["images"] == 4
+    assert 10 < bf16["vs_reference"]["psnr_mean_db"] < 100 and bf16["vs_reference"]["ssim_mean"] < 1
+    assert bf16["reference_adherence"] == fp32["reference_adherence"]  # one reference, drawn once per process
+    summary = (sweep / "summary.md").read_text()
+    assert "psnr_db" in summary and "adherence_shape" in summary
+
+
+def test_bench_quality_prompts_must_be_positive():
+    with pytest.raises(ConfigError, match=r"mode.quality_prompts=0 must be an integer >= 1"):
+        parse_bench(compose_config(["mode=bench", "mode.quality_prompts=0"]).mode)

@@ -94,11 +94,11 @@ def test_multirun_sweep_runs_every_job(tmp_path):
 
 
 BAD_INPUTS = [
-    (["height=100"], r"error: height=100 must be a positive multiple of 8 for model=tiny_sd15"),
+    (["height=100"], r"error: height=100 must be a positive multiple of 8 for model=shapes_sd15"),
     (["steps=0"], r"error: steps=0 must be >= 1"),
     (["guidance=-2"], r"error: guidance=-2(\.0)? must be a finite number >= 0"),
     (["batch=0"], r"error: batch=0 must be >= 1"),
-    (["scheduler=flow_euler"], r"error: scheduler=flow_euler cannot drive model=tiny_sd15"),
+    (["scheduler=flow_euler"], r"error: scheduler=flow_euler cannot drive model=shapes_sd15"),
     (["model.weights=/nonexistent/sd15"], r"error: model.weights='/nonexistent/sd15' is not a directory"),
     (["precision=fp16"], r"error: precision=fp16 \(float16\) cannot run on backend=paddle device cpu"),
     (["backend=cinn"], r"error: backend=cinn needs a Paddle build with CUDA .* and CINN .*compiled without it"),

@@ -62,4 +62,4 @@ def test_scheduler_options_name_themselves_and_declare_a_kind():
 
 def test_default_config_composes():
     cfg = compose_config()
-    assert cfg.model.name == "tiny_sd15" and cfg.backend.name == "paddle" and cfg.precision.name == "fp32"
+    assert cfg.model.name == "shapes_sd15" and cfg.backend.name == "paddle" and cfg.precision.name == "fp32"

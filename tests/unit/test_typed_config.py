@@ -48,7 +48,8 @@ def test_schema_defaults_are_in_the_composed_config_and_take_plain_overrides():
     cfg = compose_config(["backend=tensorrt", "mode=bench", "passes=all"])
     assert cfg.backend.workspace_mb == 4096 and cfg.backend.tensorrt is True and cfg.backend.onednn is False
     assert (cfg.mode.warmup, cfg.mode.repeats, cfg.mode.reference) == (1, 3, True)
-    assert cfg.passes.rope_cache.size == 4 and cfg.model.weights == "random" and cfg.guidance_rescale == 0.0
+    assert cfg.passes.rope_cache.size == 4 and cfg.guidance_rescale == 0.0
+    assert cfg.model.weights == "bundled:shapes_sd15"
     options = plan("backend=tensorrt", "backend.workspace_mb=8192", "backend.cache_dir=/tmp/x").backend.options
     assert (options.workspace_mb, options.min_subgraph_size, options.cache_dir) == (8192, 3, "/tmp/x")
     passes = plan("passes=rope_cache", "passes.rope_cache.size=9").passes
