@@ -38,10 +38,14 @@ def draw(pipe: Pipeline, prompts: Sequence[str], seed: int) -> list[np.ndarray]:
     return images
 
 
+def reference_overrides(cfg: Mapping[str, Any]) -> list[str]:
+    """What makes a job its reference: fp32, no passes, its engine's eager backend."""
+    return ["precision=fp32", "passes=none", f"backend={EAGER_BACKEND[cfg['backend']['engine']]}"]
+
+
 def reference_config(cfg: Mapping[str, Any]) -> Any:
-    """The job's config with precision=fp32, passes=none and its engine's eager backend."""
-    engine = cfg["backend"]["engine"]
-    groups = compose(["precision=fp32", "passes=none", f"backend={EAGER_BACKEND[engine]}"])
+    """The job's config with the reference's precision, passes and backend groups."""
+    groups = compose(reference_overrides(cfg))
     ref = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     for group in ("precision", "passes", "backend"):
         ref[group] = groups[group]
@@ -67,7 +71,7 @@ def measure_quality(cfg: Mapping[str, Any], pipe: Pipeline, count: int, output_d
     save_png(output_dir / GRID_NAME, grid(images), {"prompts": "\n".join(prompts)})
     return {
         "prompts": len(prompts),
-        "reference": f"precision=fp32 passes=none backend={EAGER_BACKEND[cfg['backend']['engine']]}",
+        "reference": " ".join(reference_overrides(cfg)),
         "adherence": adherence_score(images, prompts),
         "reference_adherence": adherence_score(references, prompts),
         "vs_reference": similarity(images, references),

@@ -62,13 +62,13 @@ def read_image(image: np.ndarray) -> Reading:
     names = np.argmin(((img[:, :, None, :] - _RGB) ** 2).sum(axis=-1), axis=-1)
     border = np.concatenate([names[:2].ravel(), names[-2:].ravel(), names[:, :2].ravel(), names[:, -2:].ravel()])
     bg = int(np.bincount(border, minlength=len(_NAMES)).argmax())
-    counts = np.asarray([_opening(names == i).sum() if i != bg else 0 for i in range(len(_NAMES))])
+    masks = {i: _opening(names == i) for i in range(len(_NAMES)) if i != bg}
     background = _NAMES[bg]
-    fg = int(counts.argmax())
-    area = int(counts[fg])
+    fg = max(masks, key=lambda i: int(masks[i].sum()))
+    mask = masks[fg]
+    area = int(mask.sum())
     if area < MIN_AREA * h * w:
         return Reading(background, None, None, 0.0, 0.0, None, None)
-    mask = _opening(names == fg)
     ys, xs = np.nonzero(mask)
     top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     box = mask[top:bottom, left:right]

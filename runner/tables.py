@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from runner.quality import CORE_ATTRIBUTES
+
 
 def _fmt(value: Any) -> str:
     if value is None:
@@ -57,7 +59,7 @@ def quality_line(quality: Mapping[str, Any]) -> str:
     ours, ref, sim = quality["adherence"], quality["reference_adherence"], quality["vs_reference"]
 
     def part(score: Mapping[str, Any]) -> str:
-        return " ".join(f"{k} {_fmt(score.get(k))}" for k in ("colour", "shape", "background"))
+        return " ".join(f"{k} {_fmt(score.get(k))}" for k in CORE_ATTRIBUTES)
 
     return (
         f"quality over {quality['prompts']} prompts: adherence {part(ours)} (reference: {part(ref)}); "
