@@ -36,11 +36,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from components.loading import bundled_tokenizer  # noqa: E402
-from runner.shapes import PHRASINGS, caption, random_scene, render  # noqa: E402
+from runner.shapes import PHRASINGS, Scene, caption, random_scene, render  # noqa: E402
 
+LATENT_CACHE = 8192  # scenes encoded once for the denoiser phase: encoding every batch took a fifth of a step
 MODELS = {"sd": "shapes_sd15", "flux": "shapes_flux"}
 # Per family: VAE steps, denoiser steps, batch sizes, learning rates. Sized for about 45 minutes on 2 cores.
-COMMON = {"vae_batch": 16, "vae_crop": 32, "vae_lr": 3e-3, "batch": 32, "lr": 1e-3}
+COMMON = {"latent_cache": LATENT_CACHE, "vae_batch": 16, "vae_crop": 32, "vae_lr": 3e-3, "batch": 32, "lr": 1e-3}
 PLANS = {"sd": {**COMMON, "vae_steps": 2500, "steps": 2500}, "flux": {**COMMON, "vae_steps": 2000, "steps": 2500}}
 CAPTION_DROP = {"sd": 0.1, "flux": 0.0}  # empty captions teach the unconditional branch that CFG needs
 KL_WEIGHT = 1e-6  # small: a larger weight keeps the posterior noisy, and the decoder learns to blur
@@ -53,23 +54,24 @@ def model_config(name: str) -> dict:
         return yaml.safe_load(f)
 
 
-def draw_batch(rng: np.random.Generator, n: int, drop: float) -> tuple[torch.Tensor, list[str]]:
-    """n rendered scenes as a (n, 3, 64, 64) tensor in [-1, 1], and their captions ("" with prob. `drop`)."""
-    images, texts = [], []
-    for _ in range(n):
-        scene = random_scene(rng)
-        images.append(render(scene, SIDE, rng))
-        text = caption(scene, int(rng.integers(PHRASINGS)))
-        texts.append("" if rng.random() < drop else text)
-    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return batch, texts
+def draw_scenes(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, list[Scene]]:
+    """n random scenes, rendered as a (n, 3, 64, 64) tensor in [-1, 1]."""
+    scenes = [random_scene(rng) for _ in range(n)]
+    images = np.stack([render(scene, SIDE, rng) for scene in scenes])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1, scenes
+
+
+def captions(rng: np.random.Generator, scenes: list[Scene], drop: float) -> list[str]:
+    """A caption of each scene in a random phrasing, or "" with probability `drop`."""
+    texts = [caption(scene, int(rng.integers(PHRASINGS))) for scene in scenes]
+    return ["" if rng.random() < drop else text for text in texts]
 
 
 class Trainer:
     def __init__(self, family: str, out: Path, seed: int, plan: dict) -> None:
         from diffusers import AutoencoderKL
 
-        self.family, self.out, self.plan = family, out, plan
+        self.family, self.out, self.plan, self.seed = family, out, plan, seed
         self.cfg = model_config(MODELS[family])
         comps = self.cfg["components"]
         torch.manual_seed(seed)
@@ -104,7 +106,7 @@ class Trainer:
         # The last fifth sees whole images (half the batch): borders and the mid-block attention at full size.
         whole = self.step >= 0.8 * self.plan["vae_steps"]
         crop = SIDE if whole else self.plan["vae_crop"]
-        full, _ = draw_batch(self.rng, self.plan["vae_batch"] // 2 if whole else self.plan["vae_batch"], 0.0)
+        full, _ = draw_scenes(self.rng, self.plan["vae_batch"] // 2 if whole else self.plan["vae_batch"])
         at = self.rng.integers(0, SIDE - crop + 1, size=(len(full), 2))
         images = torch.stack([img[:, y : y + crop, x : x + crop] for img, (y, x) in zip(full, at)])
         posterior = self.vae.encode(images).latent_dist
@@ -115,7 +117,7 @@ class Trainer:
     def measure_latents(self) -> None:
         """Scale (and for Flux shift) so the denoiser sees latents of mean 0 and std 1, as SD's VAEs ship."""
         with torch.no_grad():
-            latents = torch.cat([self.vae.encode(draw_batch(self.rng, 64, 0.0)[0]).latent_dist.mean for _ in range(4)])
+            latents = torch.cat([self.vae.encode(draw_scenes(self.rng, 64)[0]).latent_dist.mean for _ in range(4)])
         shift = float(latents.mean()) if self.family == "flux" else 0.0
         std = float((latents - shift).std())
         self.vae.register_to_config(scaling_factor=round(1.0 / std, 5))
@@ -124,19 +126,39 @@ class Trainer:
         self.vae.requires_grad_(False).eval()
 
     # ---- phase 2: denoiser + text encoders ----------------------------------------------------------------
-    def latents(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            sample = self.vae.encode(images).latent_dist.sample()
+    def encode_cache(self) -> None:
+        """Encode plan["latent_cache"] scenes with the frozen VAE; denoiser batches draw from them.
+
+        The scenes come from their own generator seeded by --seed, so a resumed run rebuilds the same cache.
+        Each draw takes a fresh sample of the posterior and a fresh caption, so repeats are not identical.
+        """
+        rng = np.random.default_rng(self.seed + 1)
+        self.cache_scenes: list[Scene] = []
+        means, stds = [], []
+        total = self.plan["latent_cache"]
+        for start in tqdm(range(0, total, 64), desc="encoding scenes", mininterval=5):
+            images, scenes = draw_scenes(rng, min(64, total - start))
+            with torch.no_grad():
+                posterior = self.vae.encode(images).latent_dist
+            means.append(posterior.mean)
+            stds.append(posterior.std)
+            self.cache_scenes += scenes
+        self.cache_mean, self.cache_std = torch.cat(means), torch.cat(stds)
+
+    def cached_batch(self, n: int, drop: float) -> tuple[torch.Tensor, list[str]]:
+        """n scaled latents (posterior samples) of cached scenes, and their captions."""
+        idx = self.rng.integers(len(self.cache_scenes), size=n)
+        sample = self.cache_mean[idx] + self.cache_std[idx] * torch.randn_like(self.cache_mean[idx])
         cfg = self.vae.config
-        return (sample - (getattr(cfg, "shift_factor", None) or 0.0)) * cfg.scaling_factor
+        x0 = (sample - (getattr(cfg, "shift_factor", None) or 0.0)) * cfg.scaling_factor
+        return x0, captions(self.rng, [self.cache_scenes[i] for i in idx], drop)
 
     def clip_ids(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
         return tokens.input_ids
 
     def denoiser_step(self) -> float:
-        images, texts = draw_batch(self.rng, self.plan["batch"], CAPTION_DROP[self.family])
-        x0 = self.latents(images)
+        x0, texts = self.cached_batch(self.plan["batch"], CAPTION_DROP[self.family])
         noise = torch.randn_like(x0)
         m = self.modules
         if self.family == "sd":
@@ -241,6 +263,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=self.plan["lr"], weight_decay=0.01)
         self.noise_schedule = DDPMScheduler.from_config(self.scheduler_config()) if self.family == "sd" else None
         self.v_prediction = self.scheduler_config().get("prediction_type") == "v_prediction"
+        self.encode_cache()
 
     def save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -286,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-lr", type=float, help="VAE peak learning rate (default: the family's plan)")
     parser.add_argument("--vae-batch", type=int, help="VAE batch size (default: the family's plan)")
     parser.add_argument("--vae-crop", type=int, help="side of the VAE's training crops (64: whole images)")
+    parser.add_argument("--latent-cache", type=int, help=f"scenes encoded for the denoiser (default {LATENT_CACHE})")
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--fresh", action="store_true", help="ignore OUT/train_state.pt and start over")
@@ -296,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     plan = dict(PLANS[args.family])
-    for key in ("steps", "vae_steps", "batch", "lr", "vae_lr", "vae_batch", "vae_crop"):
+    for key in ("steps", "vae_steps", "batch", "lr", "vae_lr", "vae_batch", "vae_crop", "latent_cache"):
         if getattr(args, key) is not None:
             plan[key] = getattr(args, key)
     trainer = Trainer(args.family, args.out, args.seed, plan)

@@ -16,7 +16,8 @@ from safetensors.numpy import load_file
 from tests.support.runs import runner_images
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_RUN = ["--vae-steps", "2", "--vae-batch", "2", "--batch", "2", "--save-every", "1", "--threads", "1"]
+TINY_RUN = ["--vae-steps", "2", "--vae-batch", "2", "--latent-cache", "8", "--batch", "2", "--save-every", "1",
+            "--threads", "1"]  # fmt: skip
 DENOISER = {"sd": "unet", "flux": "transformer"}
 MODEL = {"sd": "shapes_sd15", "flux": "shapes_flux"}
 
