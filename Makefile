@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= paddle,torch,serve,ray,dev
+EXTRAS ?= paddle,torch,cpu,serve,ray,dev
 
 .PHONY: setup run test lint clean
 

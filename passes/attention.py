@@ -31,6 +31,7 @@ class AttentionKernel(Pass):
     after = ("qkv_fusion",)
     # With kernel=auto the pass records the kernel and leaves the choice to the framework: it costs
     # nothing (CPU, tiny families: 0.97x-1.06x per step, i.e. noise) and puts the choice in the report.
+    eager_only = True  # a PyTorch kernel choice: a converted graph's runtime picks its own kernels
     defaults = ("paddle", "torch")
     options_schema = AttentionOptions
 

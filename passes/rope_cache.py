@@ -73,6 +73,7 @@ class RopeCache(Pass):
     requires = "a rotary position embedding computed from position ids (Flux pos_embed / rotary_embedding)"
     changes = "rotary cos/sin cached per (resolution, text length) and reused across steps and calls"
     after = ("qkv_fusion",)
+    eager_only = True  # a converted graph computes (or folds) the rotary tables itself
     defaults = ("paddle", "torch")
     options_schema = RopeCacheOptions
 

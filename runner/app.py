@@ -57,8 +57,14 @@ class BuiltPipeline:
         return report
 
 
-def create_engine(plan: RunPlan) -> Any:
-    return registry.resolve("engine", plan.backend.engine)(device=plan.device, dtype=plan.precision.dtype)
+def create_backend(plan: RunPlan) -> Any:
+    return registry.resolve("backend", plan.backend.name)(spec=plan.backend, precision=plan.precision,
+                                                          verify=plan.verify)  # fmt: skip
+
+
+def create_engine(plan: RunPlan, backend: Any | None = None) -> Any:
+    dtype = (backend or create_backend(plan)).engine_dtype(plan.precision)
+    return registry.resolve("engine", plan.backend.engine)(device=plan.device, dtype=dtype)
 
 
 def load_components(plan: RunPlan, engine: Any) -> dict[str, Any]:
@@ -75,10 +81,10 @@ def load_components(plan: RunPlan, engine: Any) -> dict[str, Any]:
 
 def load_pipeline(plan: RunPlan) -> BuiltPipeline:
     """The engine and the eager components (no passes, no backend yet), with the loading time."""
-    engine = create_engine(plan)
+    backend = create_backend(plan)
+    engine = create_engine(plan, backend)
     start = time.perf_counter()
     components = load_components(plan, engine)
-    backend = registry.resolve("backend", plan.backend.name)(spec=plan.backend)
     return BuiltPipeline(plan, engine, backend, components, load_ms=(time.perf_counter() - start) * 1e3)
 
 
@@ -87,7 +93,8 @@ def optimize(built: BuiltPipeline) -> None:
     plan = built.plan
     start = time.perf_counter()
     built.passes = [instantiate(choice) for choice in plan.passes]
-    outcome = apply_passes(built.passes, built.components, built.engine, plan.verify)
+    eager = getattr(built.backend, "eager_only_passes_apply", True)
+    outcome = apply_passes(built.passes, built.components, built.engine, plan.verify, eager=eager)
     built.pass_report = outcome.report
     built.backend.prepare(built.components, built.engine)
     if outcome.snapshots:

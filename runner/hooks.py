@@ -115,13 +115,22 @@ class HookRegistry:
         return types.MethodType(getattr(type(self.module), self.method), self.module)
 
     # ----------------------------------------------------------------- changes
-    def register(self, name: str, hook: ModelHook) -> ModelHook:
-        """Add `hook` outside the current ones; names are unique per method."""
+    def register(self, name: str, hook: ModelHook, innermost: bool = False) -> ModelHook:
+        """Add `hook` outside the current ones (innermost: next to the original method, inside them);
+        names are unique per method.
+
+        A hook that replaces the method's computation (a converted graph) goes innermost, so the hooks
+        already there (a cache that answers without calling the method) still run around it.
+        """
         if name in self._hooks:
             raise ValueError(f"{type(self.module).__name__}.{self.method} already has a hook named {name!r}")
         hook.initialize(self.module)
-        self._hooks[name] = hook
-        self._links.append(_Link(self, hook, self._links[-1]))
+        if innermost:
+            self._hooks = {name: hook, **self._hooks}
+            self._relink(0)
+        else:
+            self._hooks[name] = hook
+            self._links.append(_Link(self, hook, self._links[-1]))
         self._install()
         return hook
 
@@ -131,11 +140,15 @@ class HookRegistry:
         position = list(self._hooks).index(name)
         del self._hooks[name]
         hook.deinitialize(self.module)
+        self._relink(position)
+        self._install()
+        return hook
+
+    def _relink(self, position: int) -> None:
+        """Rebuild the links of the hooks from `position` outwards; the links below it stay as they are."""
         self._links = self._links[: position + 1]
         for above in list(self._hooks.values())[position:]:
             self._links.append(_Link(self, above, self._links[-1]))
-        self._install()
-        return hook
 
     def inner_call(self, name: str) -> Callable[..., Any]:
         """The chain below hook `name` (what its `new_forward` receives as `call`)."""
@@ -205,9 +218,11 @@ def registries_in(component: Any) -> list[HookRegistry]:
     ]
 
 
-def register_hook(module: Any, name: str, hook: ModelHook, method: str = "forward") -> ModelHook:
-    """Shorthand for `HookRegistry.of(module, method).register(name, hook)`."""
-    return HookRegistry.of(module, method).register(name, hook)
+def register_hook(
+    module: Any, name: str, hook: ModelHook, method: str = "forward", innermost: bool = False
+) -> ModelHook:
+    """Shorthand for `HookRegistry.of(module, method).register(name, hook, innermost)`."""
+    return HookRegistry.of(module, method).register(name, hook, innermost)
 
 
 def remove_hook(module: Any, name: str, method: str = "forward") -> ModelHook:

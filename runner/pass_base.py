@@ -89,6 +89,7 @@ class Pass(abc.ABC):
     before: tuple[str, ...] = ()  # when both are enabled, run before these
     defaults: tuple[str, ...] = ()  # engines whose `passes=default` list holds this pass (measured)
     verifiable: bool = True  # False: the transformed component is not called like the original
+    eager_only: bool = False  # True: acts on eager execution only; skipped where a backend runs converted graphs
 
     def __init__(self, options: PassOptions | None = None) -> None:
         self.options: Any = self.options_schema() if options is None else options  # an options_schema instance

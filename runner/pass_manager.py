@@ -134,15 +134,23 @@ def _is_module(component: Any) -> bool:
     return hasattr(component, "parameters") and callable(component)
 
 
-def apply_passes(passes: Sequence[Pass], components: Mapping[str, Any], engine: Any, verify: bool) -> PassOutcome:
+def apply_passes(
+    passes: Sequence[Pass], components: Mapping[str, Any], engine: Any, verify: bool, eager: bool = True
+) -> PassOutcome:
     """Apply `passes` in order to the components, in place. With verify, keep an eager copy of each
-    component before each pass that changes it (for `runner.verify.install_verification`)."""
+    component before each pass that changes it (for `runner.verify.install_verification`).
+    eager=False (the backend runs converted graphs): passes that only act on eager execution are skipped."""
     outcome = PassOutcome(report=PassReport(order=[p.name for p in passes]))
     report = outcome.report
     done: list[str] = []
     for p in passes:
         if engine.name not in p.engines:
             reason = f"engine {engine.name} is not one of {', '.join(p.engines)}"
+            report.skipped.append({"pass": p.name, "component": "*", "reason": reason})
+            log.info("pass %s skipped: %s", p.name, reason)
+            continue
+        if p.eager_only and not eager:
+            reason = "the backend runs converted graphs; this pass acts on eager execution only"
             report.skipped.append({"pass": p.name, "component": "*", "reason": reason})
             log.info("pass %s skipped: %s", p.name, reason)
             continue

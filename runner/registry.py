@@ -32,6 +32,8 @@ REGISTRY: dict[str, dict[str, str]] = {
         "tensorrt": "components.backends.paddle_inference:PaddleInferenceBackend",
         "torch": "components.backends.torch_backends:TorchBackend",
         "inductor": "components.backends.torch_backends:InductorBackend",
+        "openvino": "components.backends.openvino_backend:OpenVinoBackend",
+        "onnxruntime": "components.backends.onnxruntime_backend:OnnxRuntimeBackend",
     },
     # Stages are engine-neutral; they reach tensors through the engine's small op set.
     "stage": {

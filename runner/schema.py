@@ -28,6 +28,7 @@ from runner.typed import to_plain, typed
 
 NOISE_SOURCES = ("engine", "numpy")
 DTYPES = ("float32", "float16", "bfloat16")
+WEIGHT_FORMATS = (None, "int8")  # precision.weights: None (as the dtype), or weights compressed to int8
 
 
 # ------------------------------------------------------------------------------------------ run parameters
@@ -174,7 +175,8 @@ class SchedulerSpec:
 @dataclass(frozen=True)
 class PrecisionSpec:
     name: str = MISSING
-    dtype: str = MISSING
+    dtype: str = MISSING  # activations, and weights unless `weights` says otherwise
+    weights: str | None = None  # int8: weights compressed to int8 (a lossy setting; backend=openvino)
 
 
 @dataclass(frozen=True)
@@ -344,6 +346,9 @@ def parse_precision(node: Any) -> PrecisionSpec:
     precision = typed(PrecisionSpec, node, "precision", owner=f"precision={_name_of(node)}")
     if precision.dtype not in DTYPES:
         raise ConfigError(f"precision.dtype={precision.dtype!r} is not one of {', '.join(DTYPES)}")
+    if precision.weights not in WEIGHT_FORMATS:
+        allowed = ", ".join(str(w) for w in WEIGHT_FORMATS)
+        raise ConfigError(f"precision.weights={precision.weights!r} is not one of {allowed}")
     return precision
 
 

@@ -23,8 +23,10 @@ class Backend(abc.ABC):
     # The keys its YAML may set, their types and defaults (runner/schema.py: BackendOptions).
     options_schema: type[BackendOptions] = BackendOptions
 
-    def __init__(self, *, spec: BackendSpec) -> None:
+    def __init__(self, *, spec: BackendSpec, precision: PrecisionSpec | None = None, verify: bool = False) -> None:
         self.spec = spec
+        self.precision = precision  # the run's (None when only capabilities are checked)
+        self.verify = verify  # verify=true: backends that convert components check them against eager
 
     @abc.abstractmethod
     def resolve_device(self) -> str:
@@ -34,9 +36,22 @@ class Backend(abc.ABC):
     def supported_dtypes(self, device: str) -> tuple[str, ...]:
         """Dtypes the engine can run on `device`."""
 
+    def weight_formats(self) -> tuple[str, ...]:
+        """Compressed weight formats (precision.weights) this backend can run; none by default."""
+        return ()
+
+    def engine_dtype(self, precision: PrecisionSpec) -> str:
+        """The dtype the engine loads the weights in: the precision's, unless the backend converts them itself."""
+        return precision.dtype
+
     def check(self, precision: PrecisionSpec) -> str:
         """Run every capability check; return the device the run will use."""
         device = self.resolve_device()
+        if precision.weights is not None and precision.weights not in self.weight_formats():
+            raise CapabilityError(
+                f"precision={precision.name} ({precision.weights} weights) cannot run on backend={self.spec.name}: "
+                f"{precision.weights} weights run on backend=openvino"
+            )
         allowed = self.supported_dtypes(device)
         if precision.dtype not in allowed:
             names = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}

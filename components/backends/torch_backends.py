@@ -97,8 +97,8 @@ class InductorBackend(TorchBackend):
 
     options_schema = InductorOptions
 
-    def __init__(self, *, spec: Any) -> None:
-        super().__init__(spec=spec)
+    def __init__(self, *, spec: Any, **kwargs: Any) -> None:
+        super().__init__(spec=spec, **kwargs)
         self._hooks: dict[str, TorchCompileHook] = {}
 
     def resolve_device(self) -> str:

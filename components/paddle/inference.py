@@ -19,11 +19,12 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.call_signature import flatten_call, module_config_text, rebuild_call, weights_digest
 from components.paddle.runtime import import_paddle
 from runner.hooks import HookRegistry, ModelHook, bypassed, registries_in
 
@@ -47,40 +48,8 @@ def default_cache_dir() -> Path:
     return Path(base) / "diffusion-runner" / "paddle_inference"
 
 
-def flatten_call(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[list[Any], tuple]:
-    """Split a call into its tensors (in order) and a hashable structure with everything else."""
-    leaves: list[Any] = []
-
-    def walk(value: Any) -> Any:
-        if isinstance(value, paddle.Tensor):
-            leaves.append(value)
-            return ("tensor", tuple(value.shape), str(value.dtype))
-        if isinstance(value, Mapping):
-            return ("dict", tuple((k, walk(v)) for k, v in value.items()))
-        if isinstance(value, list | tuple):
-            return ("seq", tuple(walk(v) for v in value))
-        return ("const", value)
-
-    structure = (tuple(walk(a) for a in args), tuple((k, walk(v)) for k, v in kwargs.items()))
-    return leaves, structure
-
-
-def rebuild_call(structure: tuple, leaves: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:
-    """Inverse of flatten_call: put `leaves` back where the structure has tensors."""
-    it = iter(leaves)
-
-    def build(node: tuple) -> Any:
-        kind, payload = node[0], node[1]
-        if kind == "tensor":
-            return next(it)
-        if kind == "dict":
-            return {k: build(v) for k, v in payload}
-        if kind == "seq":
-            return tuple(build(v) for v in payload)
-        return payload
-
-    args_s, kwargs_s = structure
-    return [build(a) for a in args_s], {k: build(v) for k, v in kwargs_s}
+def is_paddle_tensor(value: Any) -> bool:
+    return isinstance(value, paddle.Tensor)
 
 
 MAX_INPUTS = 8
@@ -103,14 +72,6 @@ class _CallGraph(paddle.nn.Layer):
         args, kwargs = rebuild_call(self.structure, [x for x in given if x is not None])
         out = self.layer(*args, **kwargs)
         return out[0] if isinstance(out, list | tuple) else out
-
-
-def weights_digest(layer: Any) -> str:
-    digest = hashlib.sha256()
-    for name, value in sorted(layer.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(value.numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -150,7 +111,7 @@ class InferenceHook(ModelHook):
         self._layer = None
 
     def new_forward(self, module: Any, call: Any, *args: Any, **kwargs: Any) -> tuple[Any]:
-        leaves, structure = flatten_call(args, kwargs)
+        leaves, structure = flatten_call(args, kwargs, is_paddle_tensor)
         predictor = self._predictors.get(structure)
         if predictor is None:
             # The export traces the layer as the hooks below this one leave it, not through this hook;
@@ -167,9 +128,10 @@ class InferenceHook(ModelHook):
 
     def _cache_key(self, structure: tuple) -> str:
         if self._digest is None:
-            self._digest = weights_digest(self._layer)
+            self._digest = weights_digest((k, v.numpy()) for k, v in self._layer.state_dict().items())
         o = self._options
-        text = repr((paddle.__version__, structure, o.dtype, o.onednn, self._digest))
+        config = module_config_text(self._layer)
+        text = repr((paddle.__version__, structure, o.dtype, o.onednn, config, self._digest))
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
     def _export(self, structure: tuple, leaves: Sequence[Any]) -> str:

@@ -72,6 +72,26 @@ def test_hooks_run_inner_to_outer_and_removal_restores_the_call(framework):
     assert to_numpy(module(x)).tobytes() == plain.tobytes()
 
 
+def test_an_innermost_hook_runs_inside_those_already_there_and_removes_cleanly():
+    module, make_input, to_numpy = torch_linear()
+    x = make_input()
+    plain = to_numpy(module(x))
+    log: list[str] = []
+    register_hook(module, "outer", Add(1.0, log, "outer"))
+    register_hook(module, "last", Add(10.0, log, "last"))
+    register_hook(module, "core", Add(100.0, log, "core"), innermost=True)
+    assert HookRegistry.of(module).names() == ["core", "outer", "last"]
+    np.testing.assert_array_equal(to_numpy(module(x)), plain + 111.0)
+    assert log == ["enter last", "enter outer", "enter core", "leave core", "leave outer", "leave last"]
+    remove_hook(module, "core")
+    log.clear()
+    np.testing.assert_array_equal(to_numpy(module(x)), plain + 11.0)
+    assert log == ["enter last", "enter outer", "leave outer", "leave last"]
+    remove_hook(module, "outer")
+    remove_hook(module, "last")
+    assert "forward" not in vars(module) and to_numpy(module(x)).tobytes() == plain.tobytes()
+
+
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_pre_and_post_forward_and_the_module_stays_itself(framework):
     module, make_input, to_numpy = FRAMEWORKS[framework]()
