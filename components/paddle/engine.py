@@ -11,7 +11,7 @@ import numpy as np
 
 from components.engine_base import EngineBase
 from components.loading import ComponentType, folder_is_torch_format
-from components.paddle.runtime import import_paddle, import_ppdiffusers
+from components.paddle.runtime import cpu_threads, import_paddle, import_ppdiffusers
 from components.paddle.torch_weights import load_torch_layout_text_model
 from runner.registry import import_object
 
@@ -51,6 +51,8 @@ class PaddleEngine(EngineBase):
     def __init__(self, *, device: str, dtype: str) -> None:
         super().__init__(device=device, dtype=dtype)
         paddle.set_device(device)
+        if device == "cpu":
+            paddle.base.core.set_num_threads(cpu_threads())
 
     # ----------------------------------------------------------------- components
     def _from_pretrained(self, ctype: ComponentType, cls: Any, folder: Path) -> Any:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from components.call_signature import flatten_call, module_config_text, rebuild_call, weights_digest
-from components.paddle.runtime import import_paddle
+from components.paddle.runtime import cpu_threads, import_paddle
 from runner.hooks import HookRegistry, ModelHook, bypassed, registries_in
 
 paddle = import_paddle()
@@ -171,7 +171,7 @@ class InferenceHook(ModelHook):
         config.switch_ir_optim(True)
         if o.device == "cpu":
             config.disable_gpu()
-            config.set_cpu_math_library_num_threads(os.cpu_count() or 1)
+            config.set_cpu_math_library_num_threads(cpu_threads())
             if o.onednn:
                 config.enable_mkldnn()
                 config.delete_pass("inplace_pass")  # corrupts concat([sin, cos]) with oneDNN (see module doc)

@@ -44,7 +44,9 @@ class TorchFlopCounter:
     """torch.utils.flop_counter.FlopCounterMode, with the count in `total` after exit.
 
     FlopCounterMode has no formula for the CPU flash-attention kernel that scaled_dot_product_attention
-    dispatches to on CPU, so attention would count as zero there; that kernel is added here.
+    dispatches to on CPU, so attention would count as zero there; that kernel is added here (counted once:
+    the total equals FlopCounterMode's own with the math kernel forced, where attention runs as bmm;
+    tests/e2e/test_bench.py).
     """
 
     def __init__(self) -> None:
@@ -64,6 +66,10 @@ class TorchFlopCounter:
     def __exit__(self, *exc: Any) -> None:
         self._mode.__exit__(*exc)
         self.total = int(self._mode.get_total_flops())
+
+    def per_op(self) -> dict[str, int]:
+        """FLOPs per aten op (after exit)."""
+        return {str(op): int(n) for op, n in self._mode.get_flop_counts()["Global"].items()}
 
 
 class TorchEngine(EngineBase):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 
@@ -51,6 +52,40 @@ def test_flop_counts_agree_across_engines(model):
         counts[backend] = count_denoiser_flops(plan, built.engine, built.components)["flops_per_call"]
     assert counts["paddle"] > 0
     assert abs(counts["paddle"] - counts["torch"]) <= 0.01 * counts["torch"], counts
+
+
+@pytest.mark.parametrize("model", ["tiny_sd15", "tiny_flux"])
+def test_torch_flop_count_is_flop_counter_mode_with_attention_visible(model):
+    """On CPU, scaled_dot_product_attention runs a flash kernel that FlopCounterMode has no formula for
+    (it counts 0); the engine's counter adds that kernel's two matmuls. With the math kernel forced,
+    FlopCounterMode sees attention as bmm and counts it itself: the two counts are then equal (attention
+    counted once), and the stock count without it is lower by exactly the attention matmuls."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    plan = plan_run(compose_config([f"model={model}", "backend=torch", "steps=1", "quiet=true"]))
+    built = load_pipeline(plan)
+
+    def count(make_counter, *contexts):
+        counter = make_counter()
+        with torch.no_grad(), contextlib.ExitStack() as stack:
+            for context in contexts:
+                stack.enter_context(context)
+            stack.enter_context(counter)
+            count_denoiser_flops(plan, built.engine, built.components)
+        return counter
+
+    def per_op(counter) -> dict[str, int]:
+        return {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+
+    ours = count(lambda: built.engine.flop_counter([]))
+    math = count(lambda: FlopCounterMode(display=False), sdpa_kernel(SDPBackend.MATH))
+    default = count(lambda: FlopCounterMode(display=False))
+    assert ours.total > 0 and ours.total == math.get_total_flops()
+    flash = ours.per_op()["aten._scaled_dot_product_flash_attention_for_cpu"]
+    assert flash > 0 and flash == per_op(math)["aten.bmm"] - per_op(default).get("aten.bmm", 0)
+    assert default.get_total_flops() == ours.total - flash
 
 
 @pytest.mark.slow

@@ -95,3 +95,22 @@ def test_atomic_writes_leave_no_temporary_file_and_normal_permissions(tmp_path):
         write_atomic(target, failing)
     assert json.loads(target.read_text()) == {"a": 1}, "the earlier file was damaged"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def test_eager_paddle_on_cpu_uses_every_core_it_may(monkeypatch):
+    """Eager Paddle ran its CPU kernels on one thread; the engine sets the math library's thread count
+    (OMP_NUM_THREADS when given, else the cores this process may use), as Paddle Inference's config does."""
+    import os
+
+    from components.paddle import engine as paddle_engine
+    from components.paddle.runtime import cpu_threads
+
+    calls = []
+    monkeypatch.setattr(paddle_engine.paddle.base.core, "set_num_threads", calls.append)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    paddle_engine.PaddleEngine(device="cpu", dtype="float32")
+    assert calls == [len(os.sched_getaffinity(0))]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads() == 3
+    paddle_engine.PaddleEngine(device="cpu", dtype="float32")
+    assert calls[-1] == 3
