@@ -28,7 +28,7 @@ from runner.typed import to_plain, typed
 
 NOISE_SOURCES = ("engine", "numpy")
 DTYPES = ("float32", "float16", "bfloat16")
-WEIGHT_FORMATS = (None, "int8")  # precision.weights: None (as the dtype), or weights compressed to int8
+QUANTIZED_FORMATS = (None, "int8")  # precision.weights / .activations: None (as the dtype), or int8
 
 
 # ------------------------------------------------------------------------------------------ run parameters
@@ -177,6 +177,7 @@ class PrecisionSpec:
     name: str = MISSING
     dtype: str = MISSING  # activations, and weights unless `weights` says otherwise
     weights: str | None = None  # int8: weights compressed to int8 (a lossy setting; backend=openvino)
+    activations: str | None = None  # int8: the denoiser's convolutions quantized, calibrated (backend=openvino)
 
 
 @dataclass(frozen=True)
@@ -346,9 +347,12 @@ def parse_precision(node: Any) -> PrecisionSpec:
     precision = typed(PrecisionSpec, node, "precision", owner=f"precision={_name_of(node)}")
     if precision.dtype not in DTYPES:
         raise ConfigError(f"precision.dtype={precision.dtype!r} is not one of {', '.join(DTYPES)}")
-    if precision.weights not in WEIGHT_FORMATS:
-        allowed = ", ".join(str(w) for w in WEIGHT_FORMATS)
-        raise ConfigError(f"precision.weights={precision.weights!r} is not one of {allowed}")
+    for key in ("weights", "activations"):
+        if getattr(precision, key) not in QUANTIZED_FORMATS:
+            allowed = ", ".join(str(w) for w in QUANTIZED_FORMATS)
+            raise ConfigError(f"precision.{key}={getattr(precision, key)!r} is not one of {allowed}")
+    if precision.activations is not None and precision.weights is None:
+        raise ConfigError(f"precision={precision.name}: int8 activations need int8 weights (precision.weights=int8)")
     return precision
 
 

@@ -36,8 +36,8 @@ class Backend(abc.ABC):
     def supported_dtypes(self, device: str) -> tuple[str, ...]:
         """Dtypes the engine can run on `device`."""
 
-    def weight_formats(self) -> tuple[str, ...]:
-        """Compressed weight formats (precision.weights) this backend can run; none by default."""
+    def quantized_formats(self) -> tuple[str, ...]:
+        """Quantized formats this backend runs ("int8 weights", "int8 activations"); none by default."""
         return ()
 
     def engine_dtype(self, precision: PrecisionSpec) -> str:
@@ -47,10 +47,13 @@ class Backend(abc.ABC):
     def check(self, precision: PrecisionSpec) -> str:
         """Run every capability check; return the device the run will use."""
         device = self.resolve_device()
-        if precision.weights is not None and precision.weights not in self.weight_formats():
+        quantized = [f"{v} {k}" for k, v in (("weights", precision.weights), ("activations", precision.activations))
+                     if v is not None]  # fmt: skip
+        if quantized and not set(quantized) <= set(self.quantized_formats()):
+            what = " and ".join(quantized)
             raise CapabilityError(
-                f"precision={precision.name} ({precision.weights} weights) cannot run on backend={self.spec.name}: "
-                f"{precision.weights} weights run on backend=openvino"
+                f"precision={precision.name} ({what}) cannot run on backend={self.spec.name}: {what} run on "
+                "backend=openvino"
             )
         allowed = self.supported_dtypes(device)
         if precision.dtype not in allowed:

@@ -40,7 +40,8 @@ class OnnxRuntimeGraphs:
     def cache_facts(self) -> tuple:
         return ("onnx", OPSET)
 
-    def convert(self, graph: Any, example: Sequence[Any], names: list[str], folder: Path) -> None:
+    def convert(self, graph: Any, example: Sequence[Any], names: list[str], folder: Path,
+                calibration: list[list[np.ndarray]] | None = None) -> None:  # fmt: skip
         import torch
 
         torch.onnx.export(graph, tuple(example), str(folder / "model.onnx"), input_names=names,

@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from components.backends.base import DENOISER_ROLES
 from components.backends.converted import INSTALL_HINT, ConvertedBackend, ConvertedOptions
-from runner.errors import CapabilityError
+from runner.errors import CapabilityError, ConfigError
+from runner.schema import PrecisionSpec
 
 HINTS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 CAPABILITIES = {"bfloat16": "BF16", "float16": "FP16"}  # OPTIMIZATION_CAPABILITIES entries
@@ -34,6 +36,42 @@ def core() -> Any:
 @dataclass(frozen=True)
 class OpenVinoOptions(ConvertedOptions):
     performance_hint: str = "LATENCY"  # OpenVINO's PERFORMANCE_HINT: LATENCY (one request at a time) or THROUGHPUT
+    calibration_calls: int = 40  # precision=int8_hybrid: denoiser calls (run eagerly) whose inputs calibrate it
+
+
+def quiet_nncf() -> Any:
+    import logging
+
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)  # its progress bars and statistics tables would fill the run's output
+    return nncf
+
+
+def compress_weights(model: Any, ignored_types: tuple[str, ...] = ()) -> Any:
+    """Every weight to int8 (asymmetric, per output channel; data-free)."""
+    nncf = quiet_nncf()
+
+    ignored = nncf.IgnoredScope(types=list(ignored_types), validate=False) if ignored_types else None
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored)
+
+
+def hybrid_quantize(model: Any, calibration: list[list[np.ndarray]]) -> Any:
+    """Optimum-intel's hybrid int8 for diffusion denoisers: matmul weights compressed to int8 (data-free),
+    convolutions fully quantized (weights and activations) with scales calibrated on `calibration`."""
+    nncf = quiet_nncf()
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    model = compress_weights(model, ignored_types=("Convolution",))
+    matmuls = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul"]
+    return nncf.quantize(
+        model,
+        nncf.Dataset(calibration),
+        subset_size=len(calibration),
+        model_type=nncf.ModelType.TRANSFORMER,
+        ignored_scope=nncf.IgnoredScope(names=matmuls, validate=False),
+        advanced_parameters=AdvancedQuantizationParameters(smooth_quant_alpha=-1),  # no SmoothQuant: convs only
+    )
 
 
 class OpenVinoRuntime:
@@ -54,7 +92,8 @@ class OpenVinoRuntime:
             facts += (nncf.__version__,)
         return facts
 
-    def convert(self, graph: Any, example: Sequence[Any], names: list[str], folder: Path) -> None:
+    def convert(self, graph: Any, example: Sequence[Any], names: list[str], folder: Path,
+                calibration: list[list[np.ndarray]] | None = None) -> None:  # fmt: skip
         import openvino as ov
 
         model = ov.convert_model(graph, example_input=tuple(example))
@@ -62,9 +101,7 @@ class OpenVinoRuntime:
             raise RuntimeError(f"OpenVINO kept {len(model.inputs)} of the call's {len(example)} inputs")
         model.reshape({port: ov.PartialShape(list(x.shape)) for port, x in zip(model.inputs, example)})  # static
         if self.weights == "int8":
-            import nncf
-
-            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+            model = hybrid_quantize(model, calibration) if calibration else compress_weights(model)
         ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)
 
     def load(self, folder: Path) -> Any:
@@ -107,12 +144,24 @@ class OpenVinoBackend(ConvertedBackend):
         capabilities = core().get_property(self.runtime_device(), "OPTIMIZATION_CAPABILITIES")
         return f"OpenVINO's {self.runtime_device()} reports {', '.join(capabilities)} (no such kernels there)"
 
-    def weight_formats(self) -> tuple[str, ...]:
+    def quantized_formats(self) -> tuple[str, ...]:
         try:
             import nncf  # noqa: F401
         except ImportError as exc:
-            raise CapabilityError(f"int8 weights on backend=openvino need nncf ({exc}); {INSTALL_HINT}") from exc
-        return ("int8",)
+            raise CapabilityError(f"int8 on backend=openvino needs nncf ({exc}); {INSTALL_HINT}") from exc
+        return ("int8 weights", "int8 activations")
+
+    def check(self, precision: PrecisionSpec) -> str:
+        device = super().check(precision)
+        calls = self.spec.options.calibration_calls
+        if precision.activations is not None and calls < 1:
+            raise ConfigError(f"backend.calibration_calls={calls} must be >= 1 for precision={precision.name}")
+        return device
+
+    def calibration_calls(self, role: str) -> int:
+        if self.precision is None or self.precision.activations is None or role not in DENOISER_ROLES:
+            return 0
+        return self.spec.options.calibration_calls
 
     def make_runtime(self, cache_dir: Path) -> OpenVinoRuntime:
         precision = self.precision

@@ -75,8 +75,10 @@ class GraphRuntime(abc.ABC):
         """Everything besides the call and the weights that changes the converted files (versions, settings)."""
 
     @abc.abstractmethod
-    def convert(self, graph: Any, example: Sequence[Any], names: list[str], folder: Path) -> None:
-        """Convert `graph` (a torch module taking `example` positionally) into files under `folder`."""
+    def convert(self, graph: Any, example: Sequence[Any], names: list[str], folder: Path,
+                calibration: list[list[np.ndarray]] | None = None) -> None:  # fmt: skip
+        """Convert `graph` (a torch module taking `example` positionally) into files under `folder`;
+        `calibration`: inputs of real calls, for runtimes that quantize activations."""
 
     @abc.abstractmethod
     def load(self, folder: Path) -> RunGraph:
@@ -142,9 +144,12 @@ class ConvertedCallHook(ModelHook):
     """Runs the hooked method's calls through `runtime`, one conversion per input signature."""
 
     def __init__(self, runtime: GraphRuntime, role: str, method: str, cache_dir: Path, *,
-                 tolerance: float, verify: bool) -> None:  # fmt: skip
+                 tolerance: float, verify: bool, calibration_calls: int = 0) -> None:  # fmt: skip
         self.runtime, self.role, self.method, self.cache_dir = runtime, role, method, cache_dir
         self.tolerance, self.verify = tolerance, verify
+        # > 0: the first calls of a new signature run eagerly and their inputs calibrate the conversion.
+        self.calibration_calls = calibration_calls
+        self._samples: dict[tuple, list[list[np.ndarray]]] = {}
         self._module: Any = None
         self._digest: str | None = None
         self._conversions: dict[tuple, _Conversion] = {}
@@ -163,9 +168,15 @@ class ConvertedCallHook(ModelHook):
     def new_forward(self, module: Any, call: Any, *args: Any, **kwargs: Any) -> Any:
         leaves, structure = flatten_call(args, kwargs, is_torch_tensor)
         conversion = self._conversions.get(structure)
+        if conversion is None and self.calibration_calls and not self._folder(module, structure).is_dir():
+            samples = self._samples.setdefault(structure, [])
+            if len(samples) < self.calibration_calls:
+                samples.append([x.detach().cpu().numpy().copy() for x in leaves])
+                return call(*args, **kwargs)
         if conversion is None:
             start = time.perf_counter()
-            conversion = self._conversions[structure] = self._prepare(module, call, structure, leaves)
+            calibration = self._samples.pop(structure, None)
+            conversion = self._conversions[structure] = self._prepare(module, call, structure, leaves, calibration)
             if self.first_call_ms is None:
                 self.first_call_ms = (time.perf_counter() - start) * 1e3
         outputs = conversion.run([x.detach().cpu().numpy() for x in leaves])
@@ -176,17 +187,22 @@ class ConvertedCallHook(ModelHook):
         if self._digest is None:
             self._digest = weights_digest((name, _array(value)) for name, value in self._module.state_dict().items())
         config = module_config_text(self._module)
-        text = repr((self.runtime.cache_facts(), torch.__version__, self.method, structure, config, self._digest))
+        facts = (self.runtime.cache_facts(), self.calibration_calls, torch.__version__, self.method)
+        text = repr((facts, structure, config, self._digest))
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
-    def _prepare(self, module: Any, call: Any, structure: tuple, leaves: list[Any]) -> _Conversion:
-        folder = self.cache_dir / f"{type(module).__name__}-{self.method}-{self._key(structure)}"
+    def _folder(self, module: Any, structure: tuple) -> Path:
+        return self.cache_dir / f"{type(module).__name__}-{self.method}-{self._key(structure)}"
+
+    def _prepare(self, module: Any, call: Any, structure: tuple, leaves: list[Any],
+                 calibration: list[list[np.ndarray]] | None) -> _Conversion:  # fmt: skip
+        folder = self._folder(module, structure)
         eager = None
         if (folder / STRUCTURE_FILE).is_file():
             self.loaded.append(str(folder))
         else:
             eager, outputs = self._eager(module, call, structure, leaves)
-            self._convert(module, call, structure, leaves, outputs, folder)
+            self._convert(module, call, structure, leaves, outputs, folder, calibration)
             self.converted.append(str(folder))
             log.info("%s: converted %s.%s for inputs %s into %s", self.runtime.name, self.role, self.method,
                      [tuple(x.shape) for x in leaves], folder)  # fmt: skip
@@ -211,7 +227,7 @@ class ConvertedCallHook(ModelHook):
         return bypassed([r for r in registries_in(module) if r is not own])
 
     def _convert(self, module: Any, call: Any, structure: tuple, leaves: list[Any], outputs: tuple,
-                 folder: Path) -> None:  # fmt: skip
+                 folder: Path, calibration: list[list[np.ndarray]] | None) -> None:  # fmt: skip
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=self.cache_dir))
         try:
@@ -219,7 +235,7 @@ class ConvertedCallHook(ModelHook):
             with self._tracing(module), torch.no_grad(), warnings.catch_warnings():
                 # The tracer warns where Python branches on shapes: static shapes per conversion are the design.
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                self.runtime.convert(graph, leaves, [f"input_{i}" for i in range(len(leaves))], staging)
+                self.runtime.convert(graph, leaves, [f"input_{i}" for i in range(len(leaves))], staging, calibration)
             (staging / STRUCTURE_FILE).write_text(json.dumps(_encode(outputs)))
             os.replace(staging, folder)  # atomic: a reader sees no conversion or a complete one
         except OSError:

@@ -194,3 +194,39 @@ def test_int8_weights_change_the_images_within_the_verified_bound(tmp_path) -> N
     assert max_pixel_diff(fp32, int8) > 0, "int8 weights left every pixel as fp32 had it"
     errors = built.backend.describe()["max_abs_error"]
     assert errors and all(0 < e["max_abs_error"] <= e["bound"] for e in errors if e["component"] == "unet")
+
+
+@pytest.mark.slow
+def test_int8_hybrid_calibrates_on_the_first_calls_then_reuses_the_calibrated_graph(tmp_path) -> None:
+    overrides = ["model=tiny_sd15", "steps=8", "backend=openvino", f"backend.cache_dir={tmp_path}", "quiet=true"]
+    fp32 = images_of(build(overrides))
+    hybrid = [*overrides, "precision=int8_hybrid", "backend.calibration_calls=4"]
+    first = build(hybrid)
+    calibrated = images_of(first)  # steps 1-4 eager (calibration), 5-8 through the quantized UNet
+    unet = first.backend.hooks["unet"]
+    assert len(unet.converted) == 1 and unet.calibration_calls == 4
+    assert max_pixel_diff(fp32, calibrated) > 0
+    second = build(hybrid)
+    quantized = images_of(second)  # every step through the cached quantized UNet: no calibration calls
+    assert second.backend.hooks["unet"].loaded == unet.converted and not second.backend.hooks["unet"].converted
+    assert max_pixel_diff(images_of(first), quantized) == 0, "the calibrated graph differs between runs"
+
+
+@pytest.mark.parametrize(
+    "overrides,error,message",
+    [
+        (["precision=int8_hybrid", "backend.calibration_calls=0"], "ConfigError",
+         r"backend.calibration_calls=0 must be >= 1 for precision=int8_hybrid"),
+        (["precision=int8", "+precision.activations=int4"], "ConfigError",
+         r"precision.activations='int4' is not one of None, int8"),
+        (["precision=fp32", "+precision.activations=int8"], "ConfigError",
+         r"precision=fp32: int8 activations need int8 weights"),
+        (["backend=onnxruntime", "precision=int8_hybrid"], "CapabilityError",
+         r"precision=int8_hybrid \(int8 weights and int8 activations\) cannot run on backend=onnxruntime"),
+    ],
+)  # fmt: skip
+def test_bad_quantization_settings_are_refused(overrides: list[str], error: str, message: str) -> None:
+    from runner import errors
+
+    with pytest.raises(getattr(errors, error), match=message):
+        plan_run(compose_config(["model=tiny_sd15", "backend=openvino", *overrides]))  # before any weights load
