@@ -36,6 +36,8 @@ def expected_error(backend: str, precision: str, features: dict, gpus: int) -> s
         return rf"^backend={backend} needs a Paddle build with .*{missing[0]}.* was compiled without it$"
     if backend == "custom_device":
         return r"^backend=custom_device device npu:0: "
+    if group_options("precision")[precision].get("weights"):  # int8, int8_hybrid: OpenVINO only
+        return rf"^precision={precision} \(int8 weights.*\) cannot run on backend={backend}: .* backend=openvino$"
     on_cpu = option["device"] == "auto" and not ((features["cuda"] or features["rocm"]) and gpus)
     if on_cpu and precision != "fp32":
         prefix = rf"^precision={precision} \(\w+\) cannot run on backend={backend} device cpu"
