@@ -12,7 +12,9 @@ Engine-neutral: the caller says what a tensor is.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,3 +116,9 @@ def module_config_text(module: Any) -> str:
     to_json = getattr(config, "to_json_string", None)
     text = to_json() if callable(to_json) else repr(sorted(dict(config).items()))
     return f"{type(module).__qualname__}:{text}"
+
+
+def default_cache_dir(backend: str) -> Path:
+    """A converting backend's default cache: $XDG_CACHE_HOME (or ~/.cache)/diffusion-runner/BACKEND."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "diffusion-runner" / backend

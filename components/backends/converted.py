@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from components.backends.torch_backends import TorchBackend
+from components.call_signature import default_cache_dir
 from components.torch import runtime
 from runner.errors import CapabilityError
 from runner.hooks import register_hook
@@ -79,8 +80,6 @@ class ConvertedBackend(TorchBackend):
         return 0
 
     def cache_dir(self) -> Path:
-        from components.torch.converted import default_cache_dir
-
         option = self.spec.options.cache_dir
         return Path(option).expanduser() if option else default_cache_dir(self.spec.name)
 

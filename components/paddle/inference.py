@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.call_signature import default_cache_dir as shared_cache_dir
 from components.call_signature import flatten_call, module_config_text, rebuild_call, weights_digest
 from components.paddle.runtime import cpu_threads, import_paddle
 from runner.hooks import HookRegistry, ModelHook, bypassed, registries_in
@@ -44,8 +45,7 @@ class InferenceOptions:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "diffusion-runner" / "paddle_inference"
+    return shared_cache_dir("paddle_inference")
 
 
 def is_paddle_tensor(value: Any) -> bool:

@@ -60,11 +60,6 @@ def _array(value: Any) -> np.ndarray:
     return tensor.view(torch.int16).numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()  # numpy has no bf16
 
 
-def default_cache_dir(runtime: str) -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "diffusion-runner" / runtime
-
-
 class GraphRuntime(abc.ABC):
     """One way to convert a traced module and run it: the converted files live in a folder of their own."""
 
@@ -176,10 +171,14 @@ class ConvertedCallHook(ModelHook):
         if conversion is None:
             start = time.perf_counter()
             calibration = self._samples.pop(structure, None)
-            conversion = self._conversions[structure] = self._prepare(module, call, structure, leaves, calibration)
+            conversion, outputs = self._prepare(module, call, structure, leaves, calibration)
+            self._conversions[structure] = conversion
             if self.first_call_ms is None:
                 self.first_call_ms = (time.perf_counter() - start) * 1e3
-        outputs = conversion.run([x.detach().cpu().numpy() for x in leaves])
+        else:
+            outputs = None
+        if outputs is None:
+            outputs = conversion.run([x.detach().cpu().numpy() for x in leaves])
         return rebuild_output(conversion.outputs, [torch.from_numpy(np.ascontiguousarray(o)) for o in outputs])
 
     # ----------------------------------------------------------------- conversion
@@ -194,8 +193,10 @@ class ConvertedCallHook(ModelHook):
     def _folder(self, module: Any, structure: tuple) -> Path:
         return self.cache_dir / f"{type(module).__name__}-{self.method}-{self._key(structure)}"
 
-    def _prepare(self, module: Any, call: Any, structure: tuple, leaves: list[Any],
-                 calibration: list[list[np.ndarray]] | None) -> _Conversion:  # fmt: skip
+    def _prepare(
+        self, module: Any, call: Any, structure: tuple, leaves: list[Any], calibration: list[list[np.ndarray]] | None
+    ) -> tuple[_Conversion, list[np.ndarray] | None]:
+        """The conversion for this signature, and its outputs for `leaves` when checking already ran it."""
         folder = self._folder(module, structure)
         eager = None
         if (folder / STRUCTURE_FILE).is_file():
@@ -210,9 +211,11 @@ class ConvertedCallHook(ModelHook):
         conversion = _Conversion(folder, run, _decode(json.loads((folder / STRUCTURE_FILE).read_text())))
         if eager is None and self.verify:
             eager, _ = self._eager(module, call, structure, leaves)
-        if eager is not None:
-            self._check(run([x.detach().cpu().numpy() for x in leaves]), eager)
-        return conversion
+        if eager is None:
+            return conversion, None
+        outputs = run([x.detach().cpu().numpy() for x in leaves])
+        self._check(outputs, eager)
+        return conversion, outputs  # the call that caused the conversion does not run it twice
 
     def _eager(self, module: Any, call: Any, structure: tuple, leaves: list[Any]) -> tuple[list[Any], tuple]:
         """The module's own outputs for this call (the reference), and their structure."""
