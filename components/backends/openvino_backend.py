@@ -44,7 +44,9 @@ def quiet_nncf() -> Any:
 
     import nncf
 
-    nncf.set_log_level(logging.ERROR)  # its progress bars and statistics tables would fill the run's output
+    # Its statistics tables would fill the run's output. Only the logger's own level: nncf.set_log_level also
+    # sets the level of every handler it finds, which can be handlers the application shares with other loggers.
+    logging.getLogger("nncf").setLevel(logging.ERROR)
     return nncf
 
 

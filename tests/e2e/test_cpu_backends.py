@@ -8,6 +8,7 @@ and gives the same images exactly (the same compiled graphs on the same shapes).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -113,6 +114,20 @@ def test_a_refused_backend_exits_2_with_one_line_and_writes_nothing(tmp_path) ->
 
 
 # ----------------------------------------------------------------- converted against eager
+def test_quieting_nncf_leaves_the_applications_handlers_alone() -> None:
+    """NNCF's own set_log_level also sets the level of every handler on its logger; an application that routes
+    NNCF's messages to its handlers (pytest's log capture was one) then lost its own warnings."""
+    nncf_logger = logging.getLogger("nncf")
+    shared = logging.Handler(level=logging.DEBUG)
+    nncf_logger.addHandler(shared)
+    try:
+        openvino_backend.quiet_nncf()
+        assert shared.level == logging.DEBUG
+        assert nncf_logger.getEffectiveLevel() == logging.ERROR
+    finally:
+        nncf_logger.removeHandler(shared)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("model", names())
