@@ -18,13 +18,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from runner.api import run_job
+from runner.callbacks import FAILED_EXIT_CODES, record_failure, register_resolvers
 from runner.conf_index import CONF_DIR
 from runner.config_store import register_schema_defaults
 from runner.errors import RunnerError
 from runner.schema import parse_mode
 
 _STARTED = time.time()
-_failed_exit_codes: list[int] = []
 
 
 def _only_hydra_bookkeeping(folder: Path, job_name: str) -> bool:
@@ -48,6 +48,10 @@ def _hydra_entry(cfg: DictConfig) -> dict | None:
             from runner.bench import run_bench
 
             return run_bench(cfg, output_dir)
+        if mode == "batch":
+            from runner.batch import run_batch
+
+            return run_batch(cfg, output_dir)
         if mode == "serve":
             from runner.serve import run_serve
 
@@ -58,7 +62,9 @@ def _hydra_entry(cfg: DictConfig) -> dict | None:
         if output_dir.is_dir() and _only_hydra_bookkeeping(output_dir, hydra_cfg.job.name):
             shutil.rmtree(output_dir, ignore_errors=True)
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            _failed_exit_codes.append(err.exit_code)
+            # A file, not a variable of this process: on hydra/launcher=ray the job runs in another process,
+            # perhaps on another node; the sweep summary (this process) reads it back.
+            record_failure(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, list(hydra_cfg.overrides.task), err)
             return None
         sys.exit(err.exit_code)
 
@@ -70,10 +76,11 @@ def main() -> None:
         print(pass_table())
         return
     register_schema_defaults()
+    register_resolvers()
     _hydra_entry()
-    if _failed_exit_codes:
-        print(f"error: {len(_failed_exit_codes)} job(s) of the sweep failed (see above)", file=sys.stderr)
-        sys.exit(max(_failed_exit_codes))
+    if FAILED_EXIT_CODES:
+        print(f"error: {len(FAILED_EXIT_CODES)} job(s) of the sweep failed (see above)", file=sys.stderr)
+        sys.exit(max(FAILED_EXIT_CODES))
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ class Pipeline:
     def __init__(self, cfg: Mapping[str, Any], built: BuiltPipeline) -> None:
         self.config: dict[str, Any] = to_plain(cfg)
         self.built = built
-        self._run_params = {key: value for key, value in self.config.items() if key not in config_groups()}
+        self._run_params = run_parameters(self.config)
         self._lock = threading.Lock()
         plan = built.plan
         self.sampler = sampler_label(plan.scheduler.class_name, plan.scheduler.config)
@@ -174,23 +174,7 @@ class Pipeline:
     # ------------------------------------------------------------------ generating
     def settings(self, **params: Any) -> RunSettings:
         """Validate run parameters as the CLI does; a parameter left at None keeps the loaded config's value."""
-        fixed = sorted(key for key in params if key in self._run_params and key not in RUN_PARAMETERS)
-        if fixed:
-            raise ConfigError(
-                f"{', '.join(fixed)}: fixed when the pipeline loads (give them to runner.load), not per call; "
-                f"a call sets: {', '.join(RUN_PARAMETERS)}"
-            )
-        # Any other unknown name goes to the schema check, so its message is the CLI's for the same override.
-        given = {key: value for key, value in params.items() if value is not None or key not in RUN_PARAMETERS}
-        for key, value in given.items():
-            if key not in TEXT_PARAMETERS and isinstance(value, str) and "${" in value:
-                raise ConfigError(f"{key}={value!r}: a call's parameters are values, not config interpolations")
-        # Prompts are passed as values, never parsed as config text (see parse_settings).
-        texts = {key: given.pop(key, self._run_params.get(key)) for key in TEXT_PARAMETERS}
-        run = {**self._run_params, **given}
-        settings = parse_settings(run, self.plan.model, texts=texts)
-        check_settings(settings, self.plan.model, self.plan.stages, guidance_given=run.get("guidance") is not None)
-        return settings
+        return request_settings(self.plan, self._run_params, params)
 
     def generate(
         self,
@@ -229,11 +213,7 @@ class Pipeline:
 
     def batch_key(self, settings: RunSettings) -> Hashable | None:
         """Requests with equal keys can share one denoise batch without changing any image; None: never."""
-        if not self.merges_requests:
-            return None
-        s = settings
-        # A missing negative prompt may mean zero embeddings (SDXL), not the empty prompt: never mixed.
-        return (s.height, s.width, s.steps, s.guidance, s.guidance_rescale, s.negative_prompts is None)
+        return settings_key(settings) if self.merges_requests else None
 
     def generate_batch(self, requests: Sequence[RunSettings]) -> list[Generation]:
         """Run requests (from `settings`) as one denoise batch; each gets exactly the images it gets alone
@@ -313,6 +293,40 @@ class Pipeline:
             model=self.model_name,
         )
         return metadata
+
+
+def run_parameters(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The run parameters of a composed config (its top-level keys that are not config groups)."""
+    return {key: value for key, value in to_plain(cfg).items() if key not in config_groups()}
+
+
+def request_settings(plan: RunPlan, run_params: Mapping[str, Any], params: Mapping[str, Any]) -> RunSettings:
+    """A request's run parameters over the loaded config's (`run_params`), validated as the CLI validates its
+    overrides (same one-line ConfigError); a parameter left at None keeps the config's value. Needs the plan
+    only (no weights): batch jobs check every line of a prompts file with it before loading anything."""
+    fixed = sorted(key for key in params if key in run_params and key not in RUN_PARAMETERS)
+    if fixed:
+        raise ConfigError(
+            f"{', '.join(fixed)}: fixed when the pipeline loads (give them to runner.load), not per call; "
+            f"a call sets: {', '.join(RUN_PARAMETERS)}"
+        )
+    # Any other unknown name goes to the schema check, so its message is the CLI's for the same override.
+    given = {key: value for key, value in params.items() if value is not None or key not in RUN_PARAMETERS}
+    for key, value in given.items():
+        if key not in TEXT_PARAMETERS and isinstance(value, str) and "${" in value:
+            raise ConfigError(f"{key}={value!r}: a call's parameters are values, not config interpolations")
+    # Prompts are passed as values, never parsed as config text (see parse_settings).
+    texts = {key: given.pop(key, run_params.get(key)) for key in TEXT_PARAMETERS}
+    run = {**run_params, **given}
+    settings = parse_settings(run, plan.model, texts=texts)
+    check_settings(settings, plan.model, plan.stages, guidance_given=run.get("guidance") is not None)
+    return settings
+
+
+def settings_key(s: RunSettings) -> Hashable:
+    """What requests must share to run in one denoise batch (on a sampler without step noise)."""
+    # A missing negative prompt may mean zero embeddings (SDXL), not the empty prompt: never mixed.
+    return (s.height, s.width, s.steps, s.guidance, s.guidance_rescale, s.negative_prompts is None)
 
 
 def merge_requests(requests: Sequence[RunSettings], keys: Sequence[Hashable | None]) -> RunSettings:

@@ -1,4 +1,5 @@
-"""Hydra callback: after a multirun sweep, one comparison table of all jobs (markdown + CSV)."""
+"""Hydra callback: after a multirun sweep, one comparison table of all jobs (markdown + CSV), the jobs that
+failed, and plots (runner/sweep_plots.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,50 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from runner.files import write_atomic
+from runner.errors import RunnerError
+from runner.files import write_atomic, write_json_atomic
 from runner.report import REPORT_NAME
+from runner.sweep_plots import PLOTS_DIR, write_plots
 from runner.tables import SUMMARY_COLUMNS, markdown, summary_row
 
 log = logging.getLogger(__name__)
+
+
+def gpus_per_job() -> int:
+    """conf/hydra/launcher/ray.yaml's num_gpus: 1 when the Ray cluster has a GPU, else 0. The launcher reads its
+    remote options after it has connected to Ray, so this sees the cluster the jobs run on."""
+    try:
+        import ray
+
+        return 1 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    except ImportError:
+        return 0
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("runner_gpus_per_job"):
+        OmegaConf.register_new_resolver("runner_gpus_per_job", gpus_per_job)
+
+
+register_resolvers()
+
+
+FAILURES_DIR = "failed"
+# Exit codes of the failed jobs of this process's sweep (read back from their files by SweepSummary).
+FAILED_EXIT_CODES: list[int] = []
+
+
+def record_failure(sweep_dir: Path, job: int, overrides: list[str], err: RunnerError) -> None:
+    """What a failed job leaves for the sweep's summary: failed/<job>.json in the sweep directory."""
+    failure = {"job": job, "overrides": overrides, "exit_code": err.exit_code, "error": err.one_line()}
+    write_json_atomic(sweep_dir / FAILURES_DIR / f"{job}.json", failure)
+
+
+def collect_failures(sweep_dir: Path) -> list[dict[str, Any]]:
+    paths = sorted((sweep_dir / FAILURES_DIR).glob("*.json"), key=lambda p: _job_number(p.stem))
+    return [json.loads(path.read_text(encoding="utf-8")) for path in paths]
 
 
 def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -33,13 +71,19 @@ def _job_number(name: str) -> tuple[int, str]:
 
 
 def write_summary(sweep_dir: Path) -> str | None:
-    """Write summary.md and summary.csv into the sweep directory; return the markdown (None: no jobs)."""
-    rows = collect_rows(sweep_dir)
-    if not rows:
+    """Write summary.md, summary.csv and the plots into the sweep directory; return the markdown (None: no jobs)."""
+    rows, failures = collect_rows(sweep_dir), collect_failures(sweep_dir)
+    if not rows and not failures:
         return None
     # The markdown table leaves out columns no job filled (quality without mode.quality); the CSV keeps all.
     shown = [c for c in SUMMARY_COLUMNS if any(row[c] is not None for row in rows)]
-    table = markdown(shown, [[row[c] for c in shown] for row in rows])
+    table = markdown(shown, [[row[c] for c in shown] for row in rows]) if rows else "(no job finished)"
+    if failures:
+        failed = [[f["job"], " ".join(f["overrides"]), f["exit_code"], f["error"]] for f in failures]
+        table += "\n\nFailed jobs:\n" + markdown(["job", "overrides", "exit code", "error"], failed)
+    plots = write_plots(sweep_dir / PLOTS_DIR, rows) if rows else []
+    if plots:
+        table += f"\n\nPlots: {', '.join(f'{PLOTS_DIR}/{path.name}' for path in plots)}"
     write_atomic(sweep_dir / "summary.md", lambda f: f.write((table + "\n").encode("utf-8")))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS)
@@ -53,5 +97,6 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         table = write_summary(sweep_dir) if sweep_dir.is_dir() else None
+        FAILED_EXIT_CODES[:] = [f["exit_code"] for f in collect_failures(sweep_dir)] if sweep_dir.is_dir() else []
         if table:
             print(f"\nSweep summary ({sweep_dir / 'summary.md'}, summary.csv):\n{table}", flush=True)

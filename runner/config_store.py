@@ -35,8 +35,32 @@ def register_schema_defaults() -> None:
         store.store(group=GROUP, name=name, node=schema_defaults(schema))
     for name, schema in MODES.items():
         store.store(group=f"{GROUP}/mode", name=name, node=schema_defaults(schema))
+    store_ray_launcher(store)
     # Backends and passes declare their options on the registered class (importing it imports no engine).
     for kind, group in (("backend", "backend"), ("pass", "passes")):
         for name in registry.names(kind):
             node = schema_defaults(registry.resolve(kind, name).options_schema)
             store.store(group=f"{GROUP}/{group}", name=name, node=node)
+
+
+def store_ray_launcher(store: ConfigStore) -> None:
+    """`hydra/launcher=ray` (the hydra-ray-launcher plugin of the ray extra) with the runner's defaults: each job
+    asks for one GPU when the Ray cluster has GPUs (runner.callbacks.gpus_per_job) and none otherwise, and a
+    local Ray starts without its dashboard. Stored over the plugin's own entry, which is imported first so that
+    Hydra's plugin scan, later, does not store it again. Without the plugin, nothing is stored (Hydra then
+    names the missing launcher)."""
+    try:
+        import hydra_plugins.hydra_ray_launcher._config  # noqa: F401 - registers the plugin's entry now
+    except ImportError:
+        return
+    node = {
+        "_target_": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
+        "ray": {
+            # address: null starts a local Ray; ray://HOST:10001 or auto joins a cluster.
+            # object_store_memory null: Ray's default. (The plugin would otherwise set 75 MB, which a cluster refuses
+            # from a client that joins it.)
+            "init": {"address": None, "include_dashboard": False, "object_store_memory": None},
+            "remote": {"num_cpus": 1, "num_gpus": "${runner_gpus_per_job:}"},
+        },
+    }
+    store.store(group="hydra/launcher", name="ray", node=node, provider="diffusion-runner")

@@ -214,7 +214,22 @@ class BenchSettings:
     quality_prompts: int = 24  # size of that prompt set (runner/shapes.evaluation_prompts)
 
 
-MODES: dict[str, type] = {"run": RunMode, "bench": BenchSettings, "serve": RunMode}
+@dataclass(frozen=True)
+class BatchSettings:
+    """mode=batch: every prompt of a file, grouped into denoise batches, in this process or on Ray workers;
+    a rerun of the same command resumes (runner/batch/)."""
+
+    name: str = MISSING
+    prompts_file: str | None = None  # one prompt per line, or JSON Lines (.jsonl: prompt plus run parameters)
+    output_dir: str | None = None  # None: outputs/batch/<model>-<prompts file name>; a rerun resumes there
+    max_batch: int = 4  # images per denoise batch (prompts with equal settings are grouped)
+    workers: int = 1  # 1 without ray.address: this process; otherwise this many Ray actors
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_retries: int = 2  # a batch whose worker died is given to another worker at most this many times
+
+
+MODES: dict[str, type] = {"run": RunMode, "bench": BenchSettings, "serve": RunMode, "batch": BatchSettings}
 
 SERVE_ENGINES = ("local", "ray")
 
@@ -302,7 +317,7 @@ def parse_backend(node: Any) -> BackendSpec:
     return BackendSpec(name=options.name, engine=options.engine, device=options.device, options=options)
 
 
-def parse_mode(node: Any) -> RunMode | BenchSettings:
+def parse_mode(node: Any) -> RunMode | BenchSettings | BatchSettings:
     """The mode group (conf/mode/*.yaml), typed by the schema of its name."""
     name = _name_of(node)
     if name not in MODES:

@@ -13,13 +13,13 @@ namespace). /metrics answers with the metrics of the replica that took the reque
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
 from collections.abc import Mapping
 from typing import Any
 
+from runner import ray_cluster
 from runner.errors import CapabilityError, RunnerError
 from runner.schema import RaySettings, ServeSettings
 from runner.typed import to_plain
@@ -122,19 +122,10 @@ def build_application(config: Mapping[str, Any], settings: ServeSettings) -> Any
 
 # ------------------------------------------------------------------------------------------ the cluster
 def check_fits(nodes: list[Mapping[str, Any]], settings: ServeSettings) -> None:
-    """A one-line CapabilityError when no node of the cluster can ever hold one replica: Ray would otherwise
-    wait forever for the resources (asking for a GPU where there is none hangs). `nodes`: ray.nodes()."""
-    needs = {"CPU": settings.cpus_per_replica, "GPU": settings.gpus_per_replica}
-    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive", True)]
-    if any(all(have.get(key, 0.0) >= need for key, need in needs.items()) for have in alive):
-        return
-    totals = {key: max((have.get(key, 0.0) for have in alive), default=0.0) for key in needs}
-    largest = ", ".join(f"{totals[key]:g} {key}" for key in needs)
-    raise CapabilityError(
-        f"no node of the Ray cluster can hold one replica (serve.cpus_per_replica={settings.cpus_per_replica:g}, "
-        f"serve.gpus_per_replica={settings.gpus_per_replica:g}; the largest node has {largest}): lower them, "
-        f"e.g. serve.gpus_per_replica=0 without GPUs"
-    )
+    """A one-line CapabilityError when no node of the cluster can ever hold one replica. `nodes`: ray.nodes()."""
+    needs = {"CPU": ("serve.cpus_per_replica", settings.cpus_per_replica),
+             "GPU": ("serve.gpus_per_replica", settings.gpus_per_replica)}  # fmt: skip
+    ray_cluster.check_fits(nodes, needs, "replica", "lower them, e.g. serve.gpus_per_replica=0 without GPUs")
 
 
 def free_port(host: str) -> int:
@@ -145,44 +136,11 @@ def free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def _one_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return f"{lines[0]} ... {lines[-1]}" if len(lines) > 1 else (lines[0] if lines else type(err).__name__)
-
-
-def _bounded(what: str, action: Any, timeout_s: float) -> None:
-    """Run `action` in a thread; give up on it (logged) after timeout_s."""
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            action()
-        except Exception as exc:  # noqa: BLE001 - reported below; shutting down goes on
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name=f"runner-{what}", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        log.warning("%s did not finish within %.0f s; exiting anyway", what, timeout_s)
-    elif errors:
-        log.warning("%s failed: %s", what, _one_line(errors[0]))
-
-
 def serve_ray(cfg: Mapping[str, Any], settings: ServeSettings, ray_settings: RaySettings) -> None:
     """Deploy on Ray Serve (a local Ray unless ray.address is set), serve until SIGTERM/SIGINT, then stop."""
     ray, serve = import_ray()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline by default: no usage report attempts
     application = build_application(cfg, settings)
-    local = ray_settings.address is None and not os.environ.get("RAY_ADDRESS")
-    init: dict[str, Any] = {"namespace": ray_settings.namespace}
-    if local:
-        init["include_dashboard"] = False
-    try:
-        ray.init(address=ray_settings.address, **init)
-    except Exception as err:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError, ...
-        where = f"ray.address={ray_settings.address}" if ray_settings.address else "a local Ray"
-        raise RunnerError(f"cannot start Ray ({where}): {_one_line(err)}") from err
+    local = ray_cluster.connect(ray, ray_settings)
 
     stop = threading.Event()
     serving = False
@@ -214,7 +172,7 @@ def serve_ray(cfg: Mapping[str, Any], settings: ServeSettings, ray_settings: Ray
         try:
             serve.run(application, name=APP_NAME, route_prefix="/")
         except RuntimeError as err:
-            raise RunnerError(f"the Ray Serve deployment failed: {_one_line(err)}") from err
+            raise RunnerError(f"the Ray Serve deployment failed: {ray_cluster.one_line(err)}") from err
         serving = True
         log.info("ready: %s on Ray Serve at http://%s:%d", replicas, settings.host, port)
         while not stop.wait(1.0):
@@ -225,9 +183,9 @@ def serve_ray(cfg: Mapping[str, Any], settings: ServeSettings, ray_settings: Ray
     finally:
         bound = settings.drain_s + SHUTDOWN_GRACE_S
         if started and local:
-            _bounded("serve.shutdown", serve.shutdown, bound)
+            ray_cluster.bounded("serve.shutdown", serve.shutdown, bound)
         elif started:  # a shared cluster: remove this application only, leave Serve and the cluster running
-            _bounded("serve.delete", lambda: serve.delete(APP_NAME), bound)
-        _bounded("ray.shutdown", ray.shutdown, SHUTDOWN_GRACE_S)
+            ray_cluster.bounded("serve.delete", lambda: serve.delete(APP_NAME), bound)
+        ray_cluster.bounded("ray.shutdown", ray.shutdown, SHUTDOWN_GRACE_S)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
