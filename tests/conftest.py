@@ -11,6 +11,8 @@ from tests.support.cases import names
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+pytest_plugins = ["tests.support.ray_cluster"]  # the ray_cluster fixture (Ray Serve and batch worker tests)
+
 TINY_MODELS = tuple(names())  # every tiny model config: the rows of tests/support/cases.py
 
 

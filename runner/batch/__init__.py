@@ -91,8 +91,11 @@ def run_batch(cfg: Mapping[str, Any], run_dir: Path | None = None) -> dict[str, 
         "workers": settings.workers,
         "ray": settings.workers > 1 or ray_settings.address is not None,
     }
-    if todo:
-        _draw(cfg, settings, ray_settings, batches, output, report, quiet=plan.settings.quiet)
+    try:
+        if todo:
+            _draw(cfg, settings, ray_settings, batches, output, report, quiet=plan.settings.quiet)
+    finally:
+        output.close()
     report["manifest_images"] = len(output.entries)
     write_json_atomic(folder / REPORT_NAME, report)
     log.info(

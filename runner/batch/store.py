@@ -7,8 +7,8 @@
 
 Each image is written atomically (temporary file, then rename), then its manifest line is appended and synced:
 an image counts as finished only once both are there. A run killed mid-append leaves a torn last line, which
-the next run drops (and draws that image again, replacing its file); the manifest is then rewritten, atomically,
-with one entry per image.
+the next run drops (and draws that image again, replacing its file). At the start and the end of every run the
+manifest is rewritten, atomically, with one entry per image in line order.
 """
 
 from __future__ import annotations
@@ -53,6 +53,11 @@ class BatchOutput:
             write_json_atomic(path, self.identity)
         self.entries = self._read_manifest()
         self._remove_partial_files()
+        self._write_manifest()
+
+    def close(self) -> None:
+        """Rewrite the manifest with one entry per image, in line order (appends leave a redrawn image's older
+        entry behind); atomically, so an interrupted rewrite leaves the appended manifest."""
         self._write_manifest()
 
     def _read_manifest(self) -> dict[tuple[int, int], dict[str, Any]]:

@@ -152,6 +152,8 @@ def test_invalid_job_in_a_sweep_is_reported_and_the_others_run(tmp_path):
     assert proc.returncode == 2
     assert "error: height=60 must be a positive multiple of 8" in proc.stderr
     assert len(list(sweep.glob("*/report.json"))) == 1
+    summary = (sweep / "summary.md").read_text()
+    assert "Failed jobs:" in summary and "| 1 | height=60 steps=1 quiet=True | 2 |" in summary
 
 
 def test_failed_run_keeps_an_existing_directory_untouched(tmp_path):

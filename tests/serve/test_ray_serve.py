@@ -13,13 +13,10 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -107,29 +104,6 @@ def generate(base: str, seed: int) -> tuple[int, str | None, dict]:
     if status == 200:
         assert base64.b64decode(payload["data"][0]["b64_json"]).startswith(PNG_MAGIC)
     return status, headers.get("x-replica"), payload
-
-
-def bounded(action, timeout_s: float) -> None:
-    thread = threading.Thread(target=action, daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-
-
-@pytest.fixture
-def ray_cluster(monkeypatch: pytest.MonkeyPatch):
-    """A local Ray (2 CPUs) started by this process; its GCS address. Shut down afterwards (bounded)."""
-    import ray  # no importorskip: Ray is installed by `make setup`, so a missing Ray is a failure
-
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    # A short folder of our own: Ray's session files and sockets (a unix socket path is at most 107 bytes).
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    context = ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, namespace="runner-tests")
-    try:
-        yield context.address_info["gcs_address"]
-    finally:
-        bounded(ray.shutdown, 60)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def wait_ready(base: str, process: subprocess.Popen, log: Path) -> None:
