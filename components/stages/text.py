@@ -125,8 +125,9 @@ def _check_t5_length(name: str, max_sequence_length: int) -> None:
 
 
 class SD3TextEncode(Stage):
-    """SD3's three encoders: CLIP-L and CLIP-G penultimate states concatenated and zero-padded to T5's
-    width, then T5's states appended on the sequence axis; pooled = both CLIP projections side by side."""
+    """SD3's three encoders: CLIP-L and CLIP-G penultimate states concatenated and zero-padded (or, wider than
+    T5, cropped) to T5's width, then T5's states appended on the sequence axis; pooled = both CLIP projections
+    side by side."""
 
     def __init__(
         self,
@@ -170,8 +171,12 @@ class SD3TextEncode(Stage):
             pooled.append(output[0])
         clip = engine.cat(hidden, dim=-1)
         t5 = engine.cast(encode(ctx, self.t5, texts, self.max_sequence_length, hidden=False)[0], engine.dtype)
-        padding = engine.zeros([clip.shape[0], clip.shape[1], t5.shape[-1] - clip.shape[-1]], clip.dtype)
-        embeds = engine.cat([engine.cat([clip, padding], dim=-1), t5], dim=-2)
+        width = t5.shape[-1] - clip.shape[-1]
+        if width >= 0:
+            clip = engine.cat([clip, engine.zeros([clip.shape[0], clip.shape[1], width], clip.dtype)], dim=-1)
+        else:  # the stock pipelines pad with F.pad by a negative amount here, which crops: so do we
+            clip = clip[:, :, : t5.shape[-1]]
+        embeds = engine.cat([clip, t5], dim=-2)
         return embeds, engine.cat(pooled, dim=-1)
 
 

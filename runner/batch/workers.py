@@ -105,7 +105,11 @@ class RayWorkers:
             self.workers = [self._start() for _ in range(settings.workers)]
             # Wait for every pipeline to load, so that a load failure stops the job before anything is drawn
             # and images/s counts drawing only.
-            for _, failure in self.ray.get([worker.ready.remote() for worker in self.workers]):
+            try:
+                loaded = self.ray.get([worker.ready.remote() for worker in self.workers])
+            except self.ray.exceptions.RayActorError as err:  # its process died (out of memory, killed)
+                raise RunnerError(f"a worker died while loading the pipeline: {ray_cluster.one_line(err)}") from err
+            for _, failure in loaded:
                 if failure is not None:
                     raise (
                         failure

@@ -128,3 +128,28 @@ def test_torch_backend_never_imports_paddle():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_sd3_crops_clip_states_wider_than_t5_as_the_stock_pipeline_does() -> None:
+    """SD3 pads the concatenated CLIP states to T5's width with torch's pad, which crops when the amount is
+    negative (CLIP-L + CLIP-G wider than T5). Here 2 x 32 CLIP features against a 48-wide T5."""
+    import torch
+
+    from runner.app import build_pipeline
+    from runner.plan import plan_run
+    from tests.support.configs import compose_config
+
+    narrow = ["model.components.text_encoder_3.config.d_model=48",
+              "model.components.transformer.config.joint_attention_dim=48"]  # fmt: skip
+    plan = plan_run(compose_config(["model=tiny_sd3", "backend=torch", f"prompt={PROMPT}", "negative_prompt=blurry",
+                                    "steps=2", "guidance=5", "seed=7", "quiet=true", *narrow]))  # fmt: skip
+    built = build_pipeline(plan)
+    ours = built.generate().state["images"]
+    stock = built.engine.stock_pipeline(plan.model.pipeline_classes[0], built.components)
+    stock.set_progress_bar_config(disable=True)
+    s = plan.settings
+    call = {"num_inference_steps": 2, "guidance_scale": 5.0, "height": s.height, "width": s.width,
+            **case("tiny_sd3").stock_call}  # fmt: skip
+    generator = torch.Generator("cpu").manual_seed(7)
+    out = stock(prompt=PROMPT, negative_prompt="blurry", generator=generator, output_type="np", **call)
+    assert max_pixel_diff(ours, to_uint8(out.images)) <= case("tiny_sd3").tolerances.torch_stock
