@@ -8,7 +8,9 @@ diffusers' FluxPipeline given the same initial latents within 2 pixel levels (me
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,3 +211,53 @@ def test_sharded_and_bf16_flux_checkpoints_load(tiny_weights, tmp_path):
     for name, value in bf16.state_dict().items():
         assert str(value.dtype) == "paddle.bfloat16"
         np.testing.assert_array_equal(value.cast("float32").numpy(), reference[name], err_msg=name)
+
+
+def _flux_outputs(model, inputs, engine: str) -> np.ndarray:
+    if engine == "torch":
+        import torch
+
+        with torch.no_grad():
+            return model(**{k: torch.from_numpy(v) for k, v in inputs.items()}, return_dict=False)[0].numpy()
+    from components.paddle.runtime import import_paddle
+
+    paddle = import_paddle()
+    with paddle.no_grad():
+        return model(**{k: paddle.to_tensor(v) for k, v in inputs.items()}, return_dict=False)[0].numpy()
+
+
+def test_flux_configs_of_newer_diffusers_load_and_out_channels_is_honoured(tiny_weights, tmp_path):
+    """Newer diffusers save `out_channels` (None: in_channels; Flux Fill: 384 in, 64 out). The port takes every
+    key diffusers' FluxTransformer2DModel takes, and refuses keys it does not know instead of dropping them."""
+    import shutil
+
+    import diffusers
+    from safetensors.numpy import load_file, save_file
+
+    from components.paddle.flux.transformer import FluxTransformer2DModel
+
+    source = tiny_weights("tiny_flux") / "transformer"
+    config = json.loads((source / "config.json").read_text())
+    inputs = flux_inputs(batch=1, image_tokens=(4, 4), text_len=5)
+    expected = _flux_outputs(diffusers.FluxTransformer2DModel.from_pretrained(str(source)).eval(), inputs, "torch")
+
+    def variant(name: str, **changes) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(source, folder)
+        (folder / "config.json").write_text(json.dumps({**config, **changes}))
+        return folder
+
+    for out_channels in (None, config["in_channels"]):
+        model = FluxTransformer2DModel.from_pretrained(str(variant(f"same-{out_channels}", out_channels=out_channels)))
+        assert np.abs(_flux_outputs(model, inputs, "paddle") - expected).max() <= 1e-4
+    # Fewer output channels: proj_out keeps its first 32 rows, so the output is the first 32 channels.
+    narrow = variant("narrow", out_channels=32)
+    weights = load_file(str(narrow / "diffusion_pytorch_model.safetensors"))
+    for name in ("proj_out.weight", "proj_out.bias"):
+        weights[name] = weights[name][:32]
+    save_file(weights, str(narrow / "diffusion_pytorch_model.safetensors"))
+    got = _flux_outputs(FluxTransformer2DModel.from_pretrained(str(narrow)), inputs, "paddle")
+    assert got.shape == (*expected.shape[:-1], 32)
+    assert np.abs(got - expected[..., :32]).max() <= 1e-4
+    with pytest.raises(ValueError, match=r"keys \['text_adapter'\] are unknown to the Paddle port, which takes"):
+        FluxTransformer2DModel.from_pretrained(str(variant("unknown", text_adapter=True)))

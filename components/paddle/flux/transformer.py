@@ -10,6 +10,7 @@ sharded or not, fp32/fp16/bf16) loads as is.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,7 @@ class FluxTransformer2DModel(nn.Layer, ConfigMixin):
         self,
         patch_size: int = 1,
         in_channels: int = 64,
+        out_channels: int | None = None,  # None: in_channels. Flux Fill takes 384 channels in and gives 64 out.
         num_layers: int = 19,
         num_single_layers: int = 38,
         attention_head_dim: int = 128,
@@ -107,7 +109,7 @@ class FluxTransformer2DModel(nn.Layer, ConfigMixin):
             raise ValueError(
                 f"axes_dims_rope {list(axes_dims_rope)} must sum to attention_head_dim={attention_head_dim}"
             )
-        self.out_channels = in_channels
+        self.out_channels = out_channels or in_channels
         self.inner_dim = num_attention_heads * attention_head_dim
         dim, heads, head_dim = self.inner_dim, num_attention_heads, attention_head_dim
         self.time_text_embed = TimeTextGuidanceEmbedding(dim, pooled_projection_dim, guidance_embeds)
@@ -165,6 +167,13 @@ class FluxTransformer2DModel(nn.Layer, ConfigMixin):
         folder_path = Path(folder)
         with open(folder_path / cls.config_name, encoding="utf-8") as f:
             config = {k: v for k, v in json.load(f).items() if not k.startswith("_")}
+        known = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+        unknown = sorted(set(config) - set(known))
+        if unknown:  # a key that may change the model: refused, never dropped silently
+            raise ValueError(
+                f"{folder_path / cls.config_name}: FluxTransformer2DModel keys {unknown} are unknown to the Paddle "
+                f"port, which takes {known}"
+            )
         previous = paddle.get_default_dtype()
         paddle.set_default_dtype(paddle_dtype or "float32")
         try:
