@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import runner.registry as registry
+from runner.errors import ConfigError
 from runner.executor import Execution, execute
 from runner.graph import RunContext
 from runner.hooks import hooks_in
 from runner.pass_base import Pass
 from runner.pass_manager import PassReport, apply_passes, instantiate, remove_passes
 from runner.plan import RunPlan
-from runner.scheduling import make_checked_scheduler
+from runner.scheduling import draws_step_noise, make_checked_scheduler
 from runner.verify import install_verification
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,22 @@ def load_pipeline(plan: RunPlan) -> BuiltPipeline:
     """The engine and the eager components (no passes, no backend yet), with the loading time."""
     backend = create_backend(plan)
     engine = create_engine(plan, backend)
+    check_noise_source(plan, engine)
     start = time.perf_counter()
     components = load_components(plan, engine)
     return BuiltPipeline(plan, engine, backend, components, load_ms=(time.perf_counter() - start) * 1e3)
+
+
+def check_noise_source(plan: RunPlan, engine: Any) -> None:
+    """noise=numpy promises the same images on every engine. A sampler that draws fresh noise at every step
+    (ancestral, DDPM, SDE) takes it from the engine's own generator, which numpy cannot feed: refused before
+    any weights load rather than giving each engine other images."""
+    if plan.settings.noise == "numpy" and draws_step_noise(plan.scheduler, engine):
+        raise ConfigError(
+            f"noise=numpy cannot hold with scheduler={plan.scheduler.choice} ({plan.scheduler.class_name}): it draws "
+            "new noise at every step from the engine's own generator, so the engines would draw other images; "
+            "use noise=engine, or a sampler without step noise (e.g. scheduler=euler)"
+        )
 
 
 def optimize(built: BuiltPipeline) -> None:

@@ -51,3 +51,24 @@ def test_engine_noise_differs_between_engines_but_numpy_noise_does_not(tiny_weig
     it is not the same noise across engines, which is why noise=numpy exists."""
     common = ["model=tiny_sd15", f"model.weights={tiny_weights('tiny_sd15')}", "seed=21", "steps=2"]
     assert max_pixel_diff(runner_images([*common, "backend=paddle"]), runner_images([*common, "backend=torch"])) > 10
+
+
+@pytest.mark.parametrize("backend", ["paddle", "torch"])
+@pytest.mark.parametrize("scheduler", ["euler_a", "ddpm"])
+def test_numpy_noise_is_refused_with_a_sampler_that_draws_step_noise(backend, scheduler, monkeypatch):
+    """Their per-step noise comes from each engine's generator (euler_a differed by 38 levels between engines
+    with noise=numpy): refused with one line before any weights load."""
+    from runner import app
+    from runner.errors import ConfigError
+    from runner.plan import plan_run
+    from tests.support.configs import compose_config
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights were loaded before the refusal")
+
+    monkeypatch.setattr(app, "load_components", no_loading)
+    plan = plan_run(compose_config(["model=tiny_sd15", f"backend={backend}", "noise=numpy", f"scheduler={scheduler}"]))
+    with pytest.raises(ConfigError, match=rf"^noise=numpy cannot hold with scheduler={scheduler} \(\w+\): it draws"):
+        app.build_pipeline(plan)
+    plan = plan_run(compose_config(["model=tiny_sd15", f"backend={backend}", "noise=numpy", "scheduler=euler"]))
+    app.check_noise_source(plan, app.create_engine(plan, app.create_backend(plan)))  # deterministic: accepted
