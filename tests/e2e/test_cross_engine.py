@@ -72,3 +72,22 @@ def test_numpy_noise_is_refused_with_a_sampler_that_draws_step_noise(backend, sc
         app.build_pipeline(plan)
     plan = plan_run(compose_config(["model=tiny_sd15", f"backend={backend}", "noise=numpy", "scheduler=euler"]))
     app.check_noise_source(plan, app.create_engine(plan, app.create_backend(plan)))  # deterministic: accepted
+
+
+@pytest.mark.slow
+def test_sd3_with_clip_states_wider_than_t5_is_the_same_on_both_engines(tmp_path):
+    """The crop of the CLIP states to T5's width (the stock pipelines' negative pad) on both engines, from one
+    weights directory saved by diffusers (2 x 32 CLIP features against a 48-wide T5)."""
+    from runner.app import build_pipeline
+    from runner.plan import plan_run
+    from tests.support.configs import compose_config
+
+    narrow = ["model=tiny_sd3", "model.components.text_encoder_3.config.d_model=48",
+              "model.components.transformer.config.joint_attention_dim=48"]  # fmt: skip
+    plan = plan_run(compose_config([*narrow, "backend=torch"]))
+    built = build_pipeline(plan)
+    built.engine.stock_pipeline(plan.model.pipeline_classes[0], built.components).save_pretrained(str(tmp_path))
+    common = [*narrow, f"model.weights={tmp_path}", "noise=numpy", "seed=5", "steps=3", "negative_prompt=blurry"]
+    paddle_images, torch_images = runner_images([*common, "backend=paddle"]), runner_images([*common, "backend=torch"])
+    assert paddle_images.std() > 1.0
+    assert max_pixel_diff(paddle_images, torch_images) <= case("tiny_sd3").tolerances.cross_engine
