@@ -7,6 +7,7 @@ others run, and the sweep exits non-zero at the end.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import time
@@ -25,6 +26,7 @@ from runner.errors import RunnerError
 from runner.schema import parse_mode
 
 _STARTED = time.time()
+log = logging.getLogger(__name__)
 
 
 def _only_hydra_bookkeeping(folder: Path, job_name: str) -> bool:
@@ -67,6 +69,15 @@ def _hydra_entry(cfg: DictConfig) -> dict | None:
             record_failure(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, list(hydra_cfg.overrides.task), err)
             return None
         sys.exit(err.exit_code)
+    except Exception as err:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise
+        # In a sweep any failing job is reported and the others go on (Hydra's sweeper would otherwise stop at
+        # the first exception and no summary would be written): its traceback, then its failure record.
+        log.exception("job %s failed", hydra_cfg.job.num)
+        failure = RunnerError(f"{type(err).__name__}: {err}")
+        record_failure(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, list(hydra_cfg.overrides.task), failure)
+        return None
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +23,15 @@ from runner.tables import SUMMARY_COLUMNS, markdown, summary_row
 log = logging.getLogger(__name__)
 
 
-def gpus_per_job() -> int:
-    """conf/hydra/launcher/ray.yaml's num_gpus: 1 when the Ray cluster has a GPU, else 0. The launcher reads its
-    remote options after it has connected to Ray, so this sees the cluster the jobs run on."""
-    try:
-        import ray
+def gpus_per_job(init: Any = None) -> int:
+    """hydra/launcher=ray's num_gpus (runner/config_store.py): 1 when the Ray cluster the jobs run on has a GPU,
+    else 0. Hydra resolves the launcher's config when it creates the launcher, before the launcher connects to
+    Ray; so this connects first, with the launcher's own `init` options (the launcher then finds Ray running)."""
+    import ray
 
-        return 1 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    except ImportError:
-        return 0
+    if not ray.is_initialized():
+        ray.init(**(OmegaConf.to_container(init, resolve=True) if isinstance(init, DictConfig) else dict(init or {})))
+    return 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
 
 
 def register_resolvers() -> None:
@@ -81,19 +82,28 @@ def write_summary(sweep_dir: Path) -> str | None:
     if failures:
         failed = [[f["job"], " ".join(f["overrides"]), f["exit_code"], f["error"]] for f in failures]
         table += "\n\nFailed jobs:\n" + markdown(["job", "overrides", "exit code", "error"], failed)
-    plots = write_plots(sweep_dir / PLOTS_DIR, rows) if rows else []
-    if plots:
-        table += f"\n\nPlots: {', '.join(f'{PLOTS_DIR}/{path.name}' for path in plots)}"
     write_atomic(sweep_dir / "summary.md", lambda f: f.write((table + "\n").encode("utf-8")))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(sweep_dir / "summary.csv", lambda f: f.write(buffer.getvalue().encode("utf-8")))
+    try:  # the tables are written first: a plot that cannot be drawn costs only the plots
+        plots = write_plots(sweep_dir / PLOTS_DIR, rows) if rows else []
+    except Exception as err:  # noqa: BLE001 - reported; the summary stands
+        log.warning("the sweep's plots could not be drawn: %s", err)
+        plots = []
+    if plots:
+        table += f"\n\nPlots: {', '.join(f'{PLOTS_DIR}/{path.name}' for path in plots)}"
+        write_atomic(sweep_dir / "summary.md", lambda f: f.write((table + "\n").encode("utf-8")))
     return table
 
 
 class SweepSummary(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # A reused sweep directory: failures recorded by an earlier sweep there are not this sweep's.
+        shutil.rmtree(Path(config.hydra.sweep.dir) / FAILURES_DIR, ignore_errors=True)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         table = write_summary(sweep_dir) if sweep_dir.is_dir() else None

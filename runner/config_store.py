@@ -45,22 +45,25 @@ def register_schema_defaults() -> None:
 
 def store_ray_launcher(store: ConfigStore) -> None:
     """`hydra/launcher=ray` (the hydra-ray-launcher plugin of the ray extra) with the runner's defaults: each job
-    asks for one GPU when the Ray cluster has GPUs (runner.callbacks.gpus_per_job) and none otherwise, and a
-    local Ray starts without its dashboard. Stored over the plugin's own entry, which is imported first so that
-    Hydra's plugin scan, later, does not store it again. Without the plugin, nothing is stored (Hydra then
-    names the missing launcher)."""
+    asks for one GPU when the Ray cluster has GPUs (runner.callbacks.gpus_per_job, which connects with `init`)
+    and none otherwise, and a local Ray starts without its dashboard. Stored over the plugin's own entry, which
+    is imported first so that Hydra's plugin scan, later, does not store it again. Without the plugin, nothing
+    is stored (Hydra then names the missing launcher)."""
     try:
         import hydra_plugins.hydra_ray_launcher._config  # noqa: F401 - registers the plugin's entry now
     except ImportError:
         return
-    node = {
+    store.store(group="hydra/launcher", name="ray", node=ray_launcher_node(), provider="diffusion-runner")
+
+
+def ray_launcher_node() -> dict:
+    return {
         "_target_": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
         "ray": {
             # address: null starts a local Ray; ray://HOST:10001 or auto joins a cluster.
             # object_store_memory null: Ray's default. (The plugin would otherwise set 75 MB, which a cluster refuses
             # from a client that joins it.)
             "init": {"address": None, "include_dashboard": False, "object_store_memory": None},
-            "remote": {"num_cpus": 1, "num_gpus": "${runner_gpus_per_job:}"},
+            "remote": {"num_cpus": 1, "num_gpus": "${runner_gpus_per_job:${..init}}"},
         },
     }
-    store.store(group="hydra/launcher", name="ray", node=node, provider="diffusion-runner")

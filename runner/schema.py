@@ -227,6 +227,7 @@ class BatchSettings:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     max_retries: int = 2  # a batch whose worker died is given to another worker at most this many times
+    start_timeout_s: float = 600.0  # a Ray worker that has not loaded its pipeline by then stops the job
 
 
 MODES: dict[str, type] = {"run": RunMode, "bench": BenchSettings, "serve": RunMode, "batch": BatchSettings}

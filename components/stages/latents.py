@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from runner.errors import ConfigError
 from runner.graph import RunContext, Stage
 
 
@@ -132,7 +133,14 @@ class PackedFlowLatents(_LatentStage):
 
     def run(self, state: Mapping[str, Any], ctx: RunContext) -> dict[str, Any]:
         engine, scheduler = ctx.engine, ctx.components[self.scheduler]
-        channels = ctx.components[self.denoiser].config.in_channels // 4
+        config = ctx.components[self.denoiser].config
+        out_channels = getattr(config, "out_channels", None) or config.in_channels
+        if out_channels != config.in_channels:  # Flux Fill / Redux-style inputs: image conditioning is concatenated
+            raise ConfigError(
+                f"{self.denoiser} takes {config.in_channels} input channels and gives {out_channels}: an "
+                "image-conditioned Flux (Fill) needs image inputs, which text-to-image does not give"
+            )
+        channels = config.in_channels // 4
         shape = self._shape(state, ctx, channels, multiple=2)
         latents = pack_latents(initial_noise(shape, state, ctx))
         steps = state["steps"]

@@ -1,7 +1,8 @@
 """mode=batch: every prompt of a file, written as one PNG per image plus manifest.jsonl, resumable.
 
     python -m runner mode=batch model=tiny_sd15 mode.prompts_file=prompts.txt
-    python -m runner mode=batch model=sdxl model.weights=/models/sdxl mode.prompts_file=p.jsonl mode.workers=8
+    python -m runner mode=batch model=sdxl model.weights=/models/sdxl mode.prompts_file=p.jsonl \\
+        mode.workers=8 mode.gpus_per_worker=1
 
 Everything is checked before any weights load: the config, every line of the prompts file (bad lines reported
 with their numbers), and the output folder (it must hold this batch or nothing). Prompts with equal settings
@@ -20,14 +21,14 @@ from typing import Any
 from tqdm import tqdm
 
 from runner.api import run_parameters
-from runner.batch.prompts import plan_batches, read_prompts
+from runner.batch.prompts import PromptRequest, plan_batches, read_prompts
 from runner.batch.store import BatchOutput
 from runner.batch.workers import LocalWorker, RayWorkers
 from runner.errors import ConfigError
 from runner.files import write_json_atomic
 from runner.plan import plan_run
 from runner.report import REPORT_NAME
-from runner.schema import BatchSettings, parse_mode, parse_ray, to_plain
+from runner.schema import BatchSettings, RaySettings, parse_mode, parse_ray, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ def check_batch_settings(settings: BatchSettings) -> None:
             raise ConfigError(f"mode.{key}={getattr(settings, key)} must be >= 1")
     if settings.max_retries < 0:
         raise ConfigError(f"mode.max_retries={settings.max_retries} must be >= 0")
+    if settings.start_timeout_s <= 0:
+        raise ConfigError(f"mode.start_timeout_s={settings.start_timeout_s} must be > 0")
     if settings.cpus_per_worker <= 0:
         raise ConfigError(f"mode.cpus_per_worker={settings.cpus_per_worker} must be > 0")
     if settings.gpus_per_worker < 0:
@@ -78,7 +81,7 @@ def run_batch(cfg: Mapping[str, Any], run_dir: Path | None = None) -> dict[str, 
     plan_batches(requests, settings.max_batch)  # every line fits a batch, before anything is drawn
     folder = output_folder(settings, plan.model.name)
     output = BatchOutput(folder, batch_identity(cfg))
-    output.open()
+    output.open(requests)
     todo = [request for request in requests if not output.finished(request)]
     batches = plan_batches(todo, settings.max_batch)
     report: dict[str, Any] = {
@@ -105,8 +108,9 @@ def run_batch(cfg: Mapping[str, Any], run_dir: Path | None = None) -> dict[str, 
     return report
 
 
-def _draw(cfg: Mapping[str, Any], settings: BatchSettings, ray_settings: Any, batches: list, output: BatchOutput,
-          report: dict[str, Any], quiet: bool) -> None:  # fmt: skip
+def _draw(cfg: Mapping[str, Any], settings: BatchSettings, ray_settings: RaySettings,
+          batches: list[list[PromptRequest]], output: BatchOutput, report: dict[str, Any],
+          quiet: bool) -> None:  # fmt: skip
     started = time.perf_counter()
     config = {**to_plain(cfg), "quiet": True}  # the batch's progress bar, not one per denoise batch
     workers = RayWorkers(config, settings, ray_settings) if report["ray"] else LocalWorker(config)

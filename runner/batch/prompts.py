@@ -50,26 +50,30 @@ def read_prompts(path: Path, plan: RunPlan, run_params: Mapping[str, Any]) -> li
     """Every request of the file, checked; one ConfigError listing the bad lines (the first few) otherwise."""
     label = f"mode.prompts_file={path}"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first prompt
     except FileNotFoundError:
         raise ConfigError(f"{label} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{label} cannot be read as UTF-8 text: {err}") from None
     jsonl = path.suffix.lower() == ".jsonl"
     requests, errors = [], []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: str.splitlines would also split inside a prompt at U+2028, form feeds, ...
+    for number, raw in enumerate(text.split("\n"), start=1):
+        raw = raw.removesuffix("\r")
         if not raw.strip():
             continue
         try:
             params = _line_params(raw, jsonl)
-            params.setdefault("seed", int(run_params.get("seed") or 0) + number - 1)
+            if params.get("seed") is None:
+                params["seed"] = int(run_params.get("seed") or 0) + number - 1
             requests.append(PromptRequest(number, params, request_settings(plan, run_params, params)))
         except ConfigError as err:
-            errors.append(f"line {number}: {err.one_line()}")
+            errors.append((number, f"line {number}: {err.one_line()}"))
     if errors:
-        shown = "; ".join(errors[:MAX_ERRORS_SHOWN])
-        more = f"; and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
-        raise ConfigError(f"{label}: {len(errors)} bad line(s): {shown}{more}")
+        shown = "; ".join(message for _, message in errors[:MAX_ERRORS_SHOWN])
+        if len(errors) > MAX_ERRORS_SHOWN:
+            shown += f"; and lines {', '.join(str(number) for number, _ in errors[MAX_ERRORS_SHOWN:])}"
+        raise ConfigError(f"{label}: {len(errors)} bad line(s): {shown}")
     if not requests:
         raise ConfigError(f"{label} has no prompts")
     return requests

@@ -13,12 +13,13 @@ manifest is rewritten, atomically, with one entry per image in line order.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from runner.batch.prompts import PromptRequest
 from runner.errors import ConfigError
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.jsonl"
 IDENTITY = "batch.json"
 IMAGES = "images"
+LOCK = ".lock"  # flock'ed by the run writing the folder
 
 
 class BatchOutput:
@@ -36,45 +38,76 @@ class BatchOutput:
         self.folder = Path(folder)
         self.identity = dict(identity)
         self.entries: dict[tuple[int, int], dict[str, Any]] = {}
+        self._lock: IO[str] | None = None
 
     # ------------------------------------------------------------------ opening (before any weights load)
-    def open(self) -> None:
-        """Check that the folder holds this batch (or nothing), then read what is finished."""
+    def open(self, requests: Sequence[PromptRequest]) -> None:
+        """Lock the folder (one run at a time), check that it holds this batch (or no image), and read what is
+        finished for `requests` (the prompts file as it is now)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.folder / LOCK, "w")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise ConfigError(f"mode.output_dir={self.folder} is being written by another run; wait for it") from None
+        try:
+            self.entries = self._read_manifest(requests)
+            self._check_identity()
+            self._remove_partial_files()
+            self._write_manifest()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_identity(self) -> None:
         path = self.folder / IDENTITY
-        if path.is_file():
-            previous = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, ValueError):
+            previous = {"unreadable": str(path)}
+        previous = previous if isinstance(previous, dict) or previous is None else {"unreadable": str(path)}
+        if previous is not None and previous != self.identity and self.entries:
             differ = sorted(key for key in {*previous, *self.identity} if previous.get(key) != self.identity.get(key))
-            if differ:
-                raise ConfigError(
-                    f"mode.output_dir={self.folder} holds images of another batch (it differs in "
-                    f"{', '.join(differ)}): give another mode.output_dir, or remove that folder"
-                )
-        else:
+            raise ConfigError(
+                f"mode.output_dir={self.folder} holds images of another batch (it differs in "
+                f"{', '.join(differ)}): give another mode.output_dir, or remove that folder"
+            )
+        if previous != self.identity:  # new, or a folder without images (a run that failed before drawing)
             write_json_atomic(path, self.identity)
-        self.entries = self._read_manifest()
-        self._remove_partial_files()
-        self._write_manifest()
 
     def close(self) -> None:
-        """Rewrite the manifest with one entry per image, in line order (appends leave a redrawn image's older
-        entry behind); atomically, so an interrupted rewrite leaves the appended manifest."""
-        self._write_manifest()
+        """Rewrite the manifest with one entry per image, in line order; atomically, so an interrupted rewrite
+        leaves the appended manifest. Then release the folder."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:
+            return
+        try:
+            self._write_manifest()
+        finally:
+            lock.close()  # releases the flock
+            self._lock = None
 
-    def _read_manifest(self) -> dict[tuple[int, int], dict[str, Any]]:
+    def _read_manifest(self, requests: Sequence[PromptRequest]) -> dict[tuple[int, int], dict[str, Any]]:
+        """The finished images of `requests`: entries whose file exists and whose request is the line's as it is
+        now. Entries of lines since changed or removed are dropped (their files are redrawn or left unlisted)."""
         path = self.folder / MANIFEST
         entries: dict[tuple[int, int], dict[str, Any]] = {}
         if not path.is_file():
             return entries
+        current = {(r.line, index): r.key for r in requests for index in range(r.images)}
         torn = 0
-        for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        for raw in path.read_text(encoding="utf-8", errors="replace").split("\n"):
+            if not raw.strip():
+                continue
             try:
                 entry = json.loads(raw)
                 key = (int(entry["line"]), int(entry["index"]))
             except (ValueError, KeyError, TypeError):
                 torn += 1  # a run killed while appending this line
                 continue
-            if (self.folder / entry.get("file", "")).is_file():
-                entries[key] = entry  # the last entry of an image wins (a line redrawn after its prompt changed)
+            if current.get(key) == entry.get("request") and (self.folder / str(entry.get("file", ""))).is_file():
+                entries[key] = entry
         if torn:
             log.warning("%s: dropped %d unreadable line(s) (an interrupted write); their images are drawn again",
                         path, torn)  # fmt: skip
@@ -90,8 +123,7 @@ class BatchOutput:
 
     # ------------------------------------------------------------------ during the run
     def finished(self, request: PromptRequest) -> bool:
-        entries = [self.entries.get((request.line, index)) for index in range(request.images)]
-        return all(entry is not None and entry.get("request") == request.key for entry in entries)
+        return all((request.line, index) in self.entries for index in range(request.images))
 
     def record(self, request: PromptRequest, index: int, png: bytes) -> dict[str, Any]:
         """Write image `index` of `request`, then its manifest line."""

@@ -20,7 +20,7 @@ from typing import Any
 from runner import ray_cluster
 from runner.api import Pipeline
 from runner.batch.prompts import PromptRequest
-from runner.errors import RunnerError
+from runner.errors import CapabilityError, RunnerError
 from runner.schema import BatchSettings, RaySettings
 
 log = logging.getLogger(__name__)
@@ -61,61 +61,69 @@ class LocalWorker:
 
 
 class BatchWorker:
-    """A Ray actor: one pipeline, loaded once. A load failure is kept and raised by every render call (an
-    actor whose constructor raises is restarted by Ray instead of reporting why)."""
+    """A Ray actor: one pipeline, loaded once. A load failure is kept as (exit code, one line), plain data that
+    always crosses to the driver (an actor whose constructor raises is restarted by Ray instead of saying why)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.failure: BaseException | None = None
+        self.failure: tuple[int, str] | None = None
         try:
             self.pipe: Pipeline | None = Pipeline.from_config(config)
-        except Exception as err:  # noqa: BLE001 - handed to the driver by render()
-            self.pipe, self.failure = None, err
+        except RunnerError as err:
+            self.pipe, self.failure = None, (err.exit_code, err.one_line())
+        except Exception as err:  # noqa: BLE001 - reported by ready()
+            self.pipe, self.failure = None, (1, f"{type(err).__name__}: {ray_cluster.one_line(err)}")
+
+    def ready(self) -> tuple[int, tuple[int, str] | None]:
+        """(this worker's process id, (exit code, why) when it could not load the pipeline, else None)."""
+        return os.getpid(), self.failure
 
     def render(self, batch: Payload) -> Rendered:
-        if self.pipe is None:
-            raise (
-                self.failure
-                if isinstance(self.failure, RunnerError)
-                else RunnerError(
-                    f"a worker could not load the pipeline: {ray_cluster.one_line(self.failure or RuntimeError())}"
-                )
-            )
+        if self.pipe is None:  # not reached: the driver gives batches to workers that loaded
+            raise RuntimeError(f"this worker could not load the pipeline: {self.failure}")
         return render(self.pipe, batch)
 
-    def ready(self) -> tuple[int, BaseException | None]:
-        """(this worker's process id, why it could not load the pipeline or None)."""
-        return os.getpid(), self.failure
+
+class WorkerError(RunnerError):
+    """A worker's pipeline failed (to load, or on a batch); carries the exit code of the error it had."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class RayWorkers:
-    """mode.workers Ray actors (on ray.address, or a local Ray this process starts and stops)."""
+    """mode.workers Ray actors (on ray.address, or a local Ray this process starts and stops). Batches go only
+    to workers whose pipeline has loaded."""
 
     def __init__(self, config: Mapping[str, Any], settings: BatchSettings, ray_settings: RaySettings) -> None:
         self.ray = ray_cluster.import_ray("mode=batch with mode.workers > 1 or ray.address")
         self.config = dict(config)
         self.settings = settings
-        self.local = ray_cluster.connect(self.ray, ray_settings)
+        # Inside a Ray task (a sweep on hydra/launcher=ray) Ray is connected already: use that connection.
+        self.owns_connection = not self.ray.is_initialized()
+        if self.owns_connection:
+            ray_cluster.connect(self.ray, ray_settings)
         self.prefix = f"diffusion-runner-batch-{uuid.uuid4().hex[:8]}"
         self.started = 0
+        self.workers: list[Any] = []
         try:
             needs = {"CPU": ("mode.cpus_per_worker", settings.cpus_per_worker),
                      "GPU": ("mode.gpus_per_worker", settings.gpus_per_worker)}  # fmt: skip
-            ray_cluster.check_fits(self.ray.nodes(), needs, "worker", "lower them, e.g. mode.gpus_per_worker=0")
+            nodes = self.ray.nodes()
+            ray_cluster.check_fits(nodes, needs, "worker", "lower them, e.g. mode.gpus_per_worker=0")
+            room = worker_room(nodes, settings)
+            if room < settings.workers:
+                raise CapabilityError(
+                    f"mode.workers={settings.workers}: the Ray cluster has room for {room} worker(s) now "
+                    f"(mode.cpus_per_worker={settings.cpus_per_worker:g}, "
+                    f"mode.gpus_per_worker={settings.gpus_per_worker:g}); lower mode.workers or the per-worker needs"
+                )
             self.actor = self.ray.remote(BatchWorker)
-            self.workers = [self._start() for _ in range(settings.workers)]
-            # Wait for every pipeline to load, so that a load failure stops the job before anything is drawn
-            # and images/s counts drawing only.
-            try:
-                loaded = self.ray.get([worker.ready.remote() for worker in self.workers])
-            except self.ray.exceptions.RayActorError as err:  # its process died (out of memory, killed)
-                raise RunnerError(f"a worker died while loading the pipeline: {ray_cluster.one_line(err)}") from err
-            for _, failure in loaded:
-                if failure is not None:
-                    raise (
-                        failure
-                        if isinstance(failure, RunnerError)
-                        else RunnerError(f"a worker could not load the pipeline: {ray_cluster.one_line(failure)}")
-                    )
+            starting = [self._start() for _ in range(settings.workers)]
+            # Every pipeline loads before anything is drawn: a load failure stops the job first, and images/s
+            # counts drawing only.
+            for worker in starting:
+                self._await_ready(worker)
         except BaseException:
             self.close()
             raise
@@ -126,7 +134,34 @@ class RayWorkers:
         self.started += 1
         s = self.settings
         options = {"name": name, "num_cpus": s.cpus_per_worker, "num_gpus": s.gpus_per_worker, "max_restarts": 0}
-        return self.actor.options(**options).remote(self.config)
+        worker = self.actor.options(**options).remote(self.config)
+        self.workers.append(worker)
+        return worker
+
+    def _await_ready(self, worker: Any) -> None:
+        ray = self.ray
+        ref = worker.ready.remote()
+        done, _ = ray.wait([ref], timeout=self.settings.start_timeout_s)
+        if not done:
+            raise WorkerError(
+                f"a worker did not start within mode.start_timeout_s={self.settings.start_timeout_s:g} s "
+                "(the cluster had no room for it, or loading the pipeline took longer)"
+            )
+        try:
+            _, failure = ray.get(ref)
+        except ray.exceptions.RayError as err:  # its process died while loading (out of memory, killed)
+            raise WorkerError(f"a worker died while loading the pipeline: {ray_cluster.one_line(err)}") from err
+        if failure is not None:
+            exit_code, why = failure
+            raise WorkerError(f"a worker could not load the pipeline: {why}", exit_code)
+
+    def _replace(self, worker: Any) -> Any:
+        """Kill `worker` (dead, or unreachable and perhaps back later holding its resources) and start another."""
+        self.workers.remove(worker)
+        ray_cluster.bounded("ray.kill", lambda: self.ray.kill(worker, no_restart=True), SHUTDOWN_S)
+        replacement = self._start()
+        self._await_ready(replacement)
+        return replacement
 
     def run(self, batches: Sequence[Sequence[PromptRequest]]) -> Iterator[tuple[Sequence[PromptRequest], Rendered]]:
         ray = self.ray
@@ -143,36 +178,47 @@ class RayWorkers:
             lines = _lines(batches[index])
             try:
                 rendered = ray.get(ref)
-            except ray.exceptions.RayActorError as err:
+            except ray.exceptions.RayTaskError as err:  # the pipeline raised on this batch
+                cause = getattr(err, "cause", None)
+                why = cause.one_line() if isinstance(cause, RunnerError) else ray_cluster.one_line(cause or err)
+                raise WorkerError(f"a worker failed on prompt lines {lines}: {why}",
+                                  getattr(cause, "exit_code", 1)) from err  # fmt: skip
+            except ray.exceptions.RayError as err:  # the worker died or became unreachable, or lost its result
                 retries[index] += 1
                 if retries[index] > self.settings.max_retries:
-                    raise RunnerError(
+                    raise WorkerError(
                         f"the batch of prompt lines {lines} lost its worker {retries[index]} times "
                         f"(mode.max_retries={self.settings.max_retries}): {ray_cluster.one_line(err)}"
                     ) from err
                 log.warning("a worker died (%s); the batch of lines %s goes to another worker",
                             ray_cluster.one_line(err), lines)  # fmt: skip
-                self.workers.remove(worker)
-                replacement = self._start()
-                self.workers.append(replacement)
-                idle.append(replacement)
                 pending.appendleft(index)
+                idle.append(self._replace(worker))
                 continue
-            except ray.exceptions.RayTaskError as err:
-                cause = getattr(err, "cause", None)
-                if isinstance(cause, RunnerError):
-                    raise cause from None
-                why = ray_cluster.one_line(cause or err)
-                raise RunnerError(f"a worker failed on prompt lines {lines}: {why}") from err
             idle.append(worker)
             yield batches[index], rendered
 
     def close(self) -> None:
         ray = self.ray
-        for worker in getattr(self, "workers", []):
-            ray_cluster.bounded("ray.kill", lambda w=worker: ray.kill(w), SHUTDOWN_S)
-        if self.local:
+        for worker in self.workers:
+            ray_cluster.bounded("ray.kill", lambda w=worker: ray.kill(w, no_restart=True), SHUTDOWN_S)
+        self.workers = []
+        if self.owns_connection:  # a local Ray stops; a cluster is only disconnected from
             ray_cluster.bounded("ray.shutdown", ray.shutdown, SHUTDOWN_S)
+
+
+def worker_room(nodes: Sequence[Mapping[str, Any]], settings: BatchSettings) -> int:
+    """How many workers the alive nodes of `nodes` (ray.nodes()) can hold at once."""
+    room = 0
+    for node in nodes:
+        if not node.get("Alive", True):
+            continue
+        have = node.get("Resources", {})
+        fits = [int(have.get("CPU", 0.0) // settings.cpus_per_worker)]
+        if settings.gpus_per_worker > 0:
+            fits.append(int(have.get("GPU", 0.0) // settings.gpus_per_worker))
+        room += min(fits)
+    return room
 
 
 def _lines(batch: Sequence[PromptRequest]) -> str:

@@ -120,6 +120,39 @@ def test_every_prompt_is_drawn_as_alone_and_recorded(tmp_path) -> None:
         assert read_png_metadata(folder / entry["file"])["seed"] == str(entry["seed"])
 
 
+def test_every_bad_line_is_numbered(tmp_path) -> None:
+    path = text_file(tmp_path, ['{"prompt": "a", "steps": 0}'] * 8, "p.jsonl")
+    with pytest.raises(ConfigError, match=r"8 bad line\(s\): line 1: steps=0 .*; line 5: steps=0 must be >= 1; "
+                       r"and lines 6, 7, 8$"):  # fmt: skip
+        batch(tmp_path, path)
+
+
+def test_lines_end_at_newlines_only(tmp_path) -> None:
+    """A prompt may hold U+2028 or a form feed (str.splitlines would cut it); a byte-order mark is dropped; a
+    JSON line with "seed": null gets the line's default seed."""
+    lines = [json.dumps({"prompt": "a red circle\u2028on blue", "seed": None}, ensure_ascii=False),
+             json.dumps({"prompt": "a green\fsquare"}, ensure_ascii=False)]  # fmt: skip
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8"))
+    batch(tmp_path, path, "seed=4")
+    entries = manifest(tmp_path / "out")
+    assert [(e["line"], e["prompt"], e["seed"]) for e in entries] == [(1, "a red circle\u2028on blue", 4),
+                                                                      (2, "a green\fsquare", 5)]  # fmt: skip
+
+
+def test_one_run_at_a_time_writes_a_folder(tmp_path) -> None:
+    from runner.batch.store import BatchOutput
+
+    holder = BatchOutput(tmp_path / "out", {"model": "x"})
+    holder.open([])
+    try:
+        with pytest.raises(ConfigError, match=r"out is being written by another run"):
+            batch(tmp_path, text_file(tmp_path, PROMPTS[:1]))
+    finally:
+        holder.close()
+    batch(tmp_path, text_file(tmp_path, PROMPTS[:1]))  # released: the folder (without images) takes this batch
+
+
 def test_json_lines_set_each_prompts_parameters(tmp_path) -> None:
     second = {"prompt": PROMPTS[1], "height": 32, "width": 48, "steps": 1, "negative_prompt": "blurry"}
     lines = [json.dumps({"prompt": PROMPTS[0], "seed": 5, "batch": 2}), json.dumps(second)]
@@ -185,8 +218,12 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_an_image(tmp_path) -
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(60)
-    before = len(manifest(folder))
-    assert 3 <= before < 12
+    # What the killed run left, before any rerun tidies it: each listed image once, whole, on disk.
+    raw = [json.loads(line) for line in (folder / MANIFEST).read_text().split("\n") if line.strip().endswith("}")]
+    keys = [(e["line"], e["index"]) for e in raw]
+    assert len(keys) == len(set(keys)) and 3 <= len(keys) < 12
+    for entry in raw:
+        Image.open(folder / entry["file"]).verify()
     proc = run_cli(args[3:])
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((folder / "report.json").read_text())

@@ -261,3 +261,12 @@ def test_flux_configs_of_newer_diffusers_load_and_out_channels_is_honoured(tiny_
     assert np.abs(got - expected[..., :32]).max() <= 1e-4
     with pytest.raises(ValueError, match=r"keys \['text_adapter'\] are unknown to the Paddle port, which takes"):
         FluxTransformer2DModel.from_pretrained(str(variant("unknown", text_adapter=True)))
+
+
+def test_an_image_conditioned_flux_is_refused_by_text_to_image():
+    """out_channels != in_channels (Flux Fill's 384 in / 64 out) loads, then text-to-image says why it cannot run
+    it, instead of failing on a shape inside the transformer."""
+    overrides = ["model=tiny_flux", "backend=paddle", "steps=1", "model.components.transformer.config.in_channels=128",
+                 "+model.components.transformer.config.out_channels=64"]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^transformer takes 128 input channels and gives 64: an image-conditioned"):
+        runner_images(overrides)

@@ -37,6 +37,18 @@ def test_workers_that_no_node_can_hold_are_refused() -> None:
     ray_cluster.check_fits([*nodes, {"Alive": True, "Resources": {"CPU": 1.0, "GPU": 1.0}}], needs, "worker", "")
 
 
+def test_the_cluster_must_hold_every_worker_at_once() -> None:
+    """Workers beyond the cluster's room would wait for resources forever: counted before any starts."""
+    from runner.batch.workers import worker_room
+    from runner.schema import BatchSettings
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 5.0}}, {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 2.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]  # fmt: skip
+    assert worker_room(nodes, BatchSettings(name="batch", cpus_per_worker=2)) == 2 + 4
+    assert worker_room(nodes, BatchSettings(name="batch", cpus_per_worker=1, gpus_per_worker=1)) == 2
+    assert worker_room(nodes, BatchSettings(name="batch", cpus_per_worker=1, gpus_per_worker=0.5)) == 4
+
+
 # ------------------------------------------------------------------------------------------ slow
 def batch_args(prompts: Path, out: Path, workers: int, address: str) -> list[str]:
     return ["model=tiny_sd15", "backend=torch", "steps=8", "quiet=true", "mode=batch", f"mode.prompts_file={prompts}",
@@ -114,14 +126,21 @@ def test_a_sweep_on_the_ray_launcher_reports_failures_summary_and_plots(ray_clus
 
 
 def test_a_sweep_job_takes_a_gpu_only_where_the_cluster_has_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hydra resolves the launcher's options before the launcher connects: the resolver connects first, with the
+    launcher's own init options, then asks the cluster."""
     import ray
+    from omegaconf import OmegaConf
 
     from runner.callbacks import gpus_per_job
+    from runner.config_store import ray_launcher_node
 
-    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    connected: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: bool(connected))
+    monkeypatch.setattr(ray, "init", lambda **kwargs: connected.append(kwargs))
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 8.0})
-    assert gpus_per_job() == 1
+    node = OmegaConf.create(ray_launcher_node())
+    node.ray.init.address = "ray://head:10001"
+    assert node.ray.remote.num_gpus == 1  # resolved as Hydra resolves it: the resolver connected first
+    assert connected == [{"address": "ray://head:10001", "include_dashboard": False, "object_store_memory": None}]
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0})
-    assert gpus_per_job() == 0
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
     assert gpus_per_job() == 0

@@ -94,7 +94,7 @@ class FluxTransformer2DModel(nn.Layer, ConfigMixin):
         self,
         patch_size: int = 1,
         in_channels: int = 64,
-        out_channels: int | None = None,  # None: in_channels. Flux Fill takes 384 channels in and gives 64 out.
+        out_channels: int | None = None,  # None: in_channels (Flux Fill: 384 in, 64 out; text-to-image refuses it)
         num_layers: int = 19,
         num_single_layers: int = 38,
         attention_head_dim: int = 128,
