@@ -114,8 +114,12 @@ def test_multirun_bench_writes_one_summary(tmp_path):
     )
     assert all(float(r["step_ms_median"]) > 0 and float(r["gflop_per_call"]) > 0 for r in rows)
     assert all(float(r["speed_ratio_step"]) > 0 for r in rows)
-    summary = (sweep / "summary.md").read_text()
-    assert summary.startswith("| job | model | backend |") and summary.count("\n") == 6
+    table, plots = (sweep / "summary.md").read_text().rstrip("\n").split("\n\n")
+    assert table.startswith("| job | model | backend |") and table.count("\n") == 5  # header, rule, 4 jobs
+    plot_names = ["step_time", "peak_memory", "speed_vs_memory", "speed_ratio"]
+    assert plots == "Plots: " + ", ".join(f"plots/{name}.png" for name in plot_names)
+    for name in plot_names:
+        assert (sweep / "plots" / f"{name}.png").read_bytes().startswith(b"\x89PNG"), name
     assert "Sweep summary" in proc.stdout
 
 
