@@ -53,7 +53,7 @@ def _hydra_entry(cfg: DictConfig) -> dict | None:
         if mode == "batch":
             from runner.batch import run_batch
 
-            return run_batch(cfg, output_dir)
+            return run_batch(cfg)
         if mode == "serve":
             from runner.serve import run_serve
 

@@ -71,9 +71,10 @@ def _job_number(name: str) -> tuple[int, str]:
     return (int(head), name) if head.isdigit() else (1 << 30, name)
 
 
-def write_summary(sweep_dir: Path) -> str | None:
-    """Write summary.md, summary.csv and the plots into the sweep directory; return the markdown (None: no jobs)."""
-    rows, failures = collect_rows(sweep_dir), collect_failures(sweep_dir)
+def write_summary(sweep_dir: Path, failures: list[dict[str, Any]]) -> str | None:
+    """Write summary.md, summary.csv and the plots into the sweep directory; return the markdown (None: no jobs).
+    `failures`: collect_failures(sweep_dir)."""
+    rows = collect_rows(sweep_dir)
     if not rows and not failures:
         return None
     # The markdown table leaves out columns no job filled (quality without mode.quality); the CSV keeps all.
@@ -106,7 +107,8 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        table = write_summary(sweep_dir) if sweep_dir.is_dir() else None
-        FAILED_EXIT_CODES[:] = [f["exit_code"] for f in collect_failures(sweep_dir)] if sweep_dir.is_dir() else []
+        failures = collect_failures(sweep_dir)
+        FAILED_EXIT_CODES[:] = [f["exit_code"] for f in failures]
+        table = write_summary(sweep_dir, failures) if sweep_dir.is_dir() else None
         if table:
             print(f"\nSweep summary ({sweep_dir / 'summary.md'}, summary.csv):\n{table}", flush=True)

@@ -70,14 +70,15 @@ def output_folder(settings: BatchSettings, model: str) -> Path:
     return DEFAULT_ROOT / f"{model}-{Path(str(settings.prompts_file)).stem}"
 
 
-def run_batch(cfg: Mapping[str, Any], run_dir: Path | None = None) -> dict[str, Any]:
+def run_batch(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Draw every unfinished prompt of mode.prompts_file; return (and write to the output folder) the report."""
     settings = parse_mode(cfg["mode"])
     assert isinstance(settings, BatchSettings)
     check_batch_settings(settings)
     ray_settings = parse_ray(cfg["ray"])
     plan = plan_run(cfg)
-    requests = read_prompts(Path(str(settings.prompts_file)), plan, run_parameters(cfg))
+    # quiet: the batch has its own progress bar, not one per denoise batch
+    requests = read_prompts(Path(str(settings.prompts_file)), plan, {**run_parameters(cfg), "quiet": True})
     plan_batches(requests, settings.max_batch)  # every line fits a batch, before anything is drawn
     folder = output_folder(settings, plan.model.name)
     output = BatchOutput(folder, batch_identity(cfg))
@@ -112,7 +113,7 @@ def _draw(cfg: Mapping[str, Any], settings: BatchSettings, ray_settings: RaySett
           batches: list[list[PromptRequest]], output: BatchOutput, report: dict[str, Any],
           quiet: bool) -> None:  # fmt: skip
     started = time.perf_counter()
-    config = {**to_plain(cfg), "quiet": True}  # the batch's progress bar, not one per denoise batch
+    config = {**to_plain(cfg), "quiet": True}
     workers = RayWorkers(config, settings, ray_settings) if report["ray"] else LocalWorker(config)
     report["load_s"] = round(time.perf_counter() - started, 3)
     total = sum(len(batch) for batch in batches)
@@ -120,7 +121,7 @@ def _draw(cfg: Mapping[str, Any], settings: BatchSettings, ray_settings: RaySett
     try:
         with tqdm(total=total, unit="prompt", desc="batch", disable=quiet) as bar:
             for batch, rendered in workers.run(batches):
-                for request, (_, pngs) in zip(batch, rendered):
+                for request, pngs in zip(batch, rendered):
                     for index, png in enumerate(pngs):
                         output.record(request, index, png)
                     report["drawn_images"] += len(pngs)

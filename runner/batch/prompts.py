@@ -26,11 +26,9 @@ MAX_ERRORS_SHOWN = 5
 
 @dataclass(frozen=True)
 class PromptRequest:
-    """One line of the prompts file, resolved: its parameters (what a worker passes to Pipeline.settings) and
-    their settings (checked)."""
+    """One line of the prompts file with its settings, checked: what a worker draws."""
 
     line: int  # 1-based line number in the file
-    params: dict[str, Any]
     settings: RunSettings
 
     @property
@@ -66,7 +64,7 @@ def read_prompts(path: Path, plan: RunPlan, run_params: Mapping[str, Any]) -> li
             params = _line_params(raw, jsonl)
             if params.get("seed") is None:
                 params["seed"] = int(run_params.get("seed") or 0) + number - 1
-            requests.append(PromptRequest(number, params, request_settings(plan, run_params, params)))
+            requests.append(PromptRequest(number, request_settings(plan, run_params, params)))
         except ConfigError as err:
             errors.append((number, f"line {number}: {err.one_line()}"))
     if errors:

@@ -79,13 +79,12 @@ class BatchOutput:
     def close(self) -> None:
         """Rewrite the manifest with one entry per image, in line order; atomically, so an interrupted rewrite
         leaves the appended manifest. Then release the folder."""
-        lock = getattr(self, "_lock", None)
-        if lock is None:
+        if self._lock is None:
             return
         try:
             self._write_manifest()
         finally:
-            lock.close()  # releases the flock
+            self._lock.close()  # releases the flock
             self._lock = None
 
     def _read_manifest(self, requests: Sequence[PromptRequest]) -> dict[tuple[int, int], dict[str, Any]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -21,29 +20,28 @@ from runner import ray_cluster
 from runner.api import Pipeline
 from runner.batch.prompts import PromptRequest
 from runner.errors import CapabilityError, RunnerError
-from runner.schema import BatchSettings, RaySettings
+from runner.schema import BatchSettings, RaySettings, RunSettings
 
 log = logging.getLogger(__name__)
 
-# One batch as sent to a worker: (line, params) per request. Its answer: (line, PNG bytes per image) per request.
-Payload = list[tuple[int, dict[str, Any]]]
-Rendered = list[tuple[int, list[bytes]]]
+# A worker's answer to one batch: the PNG bytes of each request's images, in the batch's order.
+Rendered = list[list[bytes]]
 SHUTDOWN_S = 30.0
 
 
-def payload(batch: Sequence[PromptRequest]) -> Payload:
-    return [(request.line, request.params) for request in batch]
+def payload(batch: Sequence[PromptRequest]) -> list[RunSettings]:
+    """What a worker needs of a batch: its requests' settings, checked by the driver against the same config."""
+    return [request.settings for request in batch]
 
 
-def render(pipe: Pipeline, batch: Payload) -> Rendered:
+def render(pipe: Pipeline, requests: Sequence[RunSettings]) -> Rendered:
     """Draw one planned batch: one denoise batch, or one request at a time on samplers whose step noise
     cannot be shared (Pipeline.merges_requests); each request gets the images it gets alone."""
-    requests = [pipe.settings(**params) for _, params in batch]
     if pipe.merges_requests:
         generations = pipe.generate_batch(requests)
     else:
         generations = [pipe.generate_batch([request])[0] for request in requests]
-    return [(line, [g.png(i) for i in range(len(g.arrays))]) for (line, _), g in zip(batch, generations)]
+    return [[g.png(i) for i in range(len(g.arrays))] for g in generations]
 
 
 class LocalWorker:
@@ -73,11 +71,11 @@ class BatchWorker:
         except Exception as err:  # noqa: BLE001 - reported by ready()
             self.pipe, self.failure = None, (1, f"{type(err).__name__}: {ray_cluster.one_line(err)}")
 
-    def ready(self) -> tuple[int, tuple[int, str] | None]:
-        """(this worker's process id, (exit code, why) when it could not load the pipeline, else None)."""
-        return os.getpid(), self.failure
+    def ready(self) -> tuple[int, str] | None:
+        """(exit code, why) when this worker could not load the pipeline, else None."""
+        return self.failure
 
-    def render(self, batch: Payload) -> Rendered:
+    def render(self, batch: list[RunSettings]) -> Rendered:
         if self.pipe is None:  # not reached: the driver gives batches to workers that loaded
             raise RuntimeError(f"this worker could not load the pipeline: {self.failure}")
         return render(self.pipe, batch)
@@ -107,11 +105,8 @@ class RayWorkers:
         self.started = 0
         self.workers: list[Any] = []
         try:
-            needs = {"CPU": ("mode.cpus_per_worker", settings.cpus_per_worker),
-                     "GPU": ("mode.gpus_per_worker", settings.gpus_per_worker)}  # fmt: skip
-            nodes = self.ray.nodes()
-            ray_cluster.check_fits(nodes, needs, "worker", "lower them, e.g. mode.gpus_per_worker=0")
-            room = worker_room(nodes, settings)
+            # Workers beyond the cluster's room would wait for resources forever (a GPU where there is none).
+            room = worker_room(self.ray.nodes(), settings)
             if room < settings.workers:
                 raise CapabilityError(
                     f"mode.workers={settings.workers}: the Ray cluster has room for {room} worker(s) now "
@@ -148,7 +143,7 @@ class RayWorkers:
                 "(the cluster had no room for it, or loading the pipeline took longer)"
             )
         try:
-            _, failure = ray.get(ref)
+            failure = ray.get(ref)
         except ray.exceptions.RayError as err:  # its process died while loading (out of memory, killed)
             raise WorkerError(f"a worker died while loading the pipeline: {ray_cluster.one_line(err)}") from err
         if failure is not None:
