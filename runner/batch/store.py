@@ -56,8 +56,9 @@ class BatchOutput:
             self._check_identity()
             self._remove_partial_files()
             self._write_manifest()
-        except BaseException:
-            self.close()
+        except BaseException:  # refused (another batch's folder) or failed: leave the folder as it was
+            self._lock.close()
+            self._lock = None
             raise
 
     def _check_identity(self) -> None:

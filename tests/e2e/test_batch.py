@@ -192,11 +192,12 @@ def test_a_rerun_draws_only_what_is_missing_or_changed(tmp_path) -> None:
     assert batch(tmp_path, path, "mode.max_batch=1")["drawn_prompts"] == 0
 
 
-def test_a_folder_of_another_batch_is_refused(tmp_path) -> None:
-    path = text_file(tmp_path, PROMPTS[:1])
-    batch(tmp_path, path)
+def test_a_folder_of_another_batch_is_refused_and_left_as_it_was(tmp_path) -> None:
+    batch(tmp_path, text_file(tmp_path, PROMPTS[:2]))
+    before = (tmp_path / "out" / MANIFEST).read_bytes()
     with pytest.raises(ConfigError, match=r"holds images of another batch \(it differs in scheduler\)"):
-        batch(tmp_path, path, "scheduler=euler")
+        batch(tmp_path, text_file(tmp_path, PROMPTS[:1], "other.txt"), "scheduler=euler")
+    assert (tmp_path / "out" / MANIFEST).read_bytes() == before
 
 
 @pytest.mark.slow
