@@ -20,6 +20,7 @@ import numpy as np
 
 from components.host_memory import PeakRssSampler
 from components.loading import ComponentType, bundled_tokenizer
+from components.lora import LoraFile, LoraWeights, apply_loras, read_lora
 from components.step_timer import HostStepTimer
 from runner.errors import ConfigError
 from runner.registry import import_object
@@ -146,6 +147,23 @@ class EngineBase(abc.ABC):
     @abc.abstractmethod
     def tokenize(self, tokenizer: Any, texts: Sequence[str], max_length: int) -> Any:
         """Token ids [len(texts), max_length], padded to and truncated at `max_length`."""
+
+    # ----------------------------------------------------------------- LoRA
+    @property
+    @abc.abstractmethod
+    def lora_weights(self) -> LoraWeights:
+        """How this engine's layers hold the weights a LoRA changes (components/lora.py)."""
+
+    def read_loras(self, specs: Sequence[Any], family: str, roles: Sequence[str]) -> list[LoraFile]:
+        """Read and check LoRA files (`LoraSpec`s) before any weights load: format, family, components."""
+        return [read_lora(spec.path, spec.scale, family, roles) for spec in specs]
+
+    def apply_loras(
+        self, components: Mapping[str, Any], files: Sequence[LoraFile], roles: Sequence[str], model_name: str
+    ) -> dict[str, int]:
+        """Merge `files` into the components' weights in place, replacing any LoRA merged before (none: the
+        original weights, bit for bit); return the number of changed modules per component."""
+        return apply_loras(components, self.lora_weights, files, roles, model_name)
 
     # ----------------------------------------------------------------- passes
     @property

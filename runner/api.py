@@ -40,7 +40,7 @@ from runner.infotext import infotext, sampler_label
 from runner.plan import RunPlan, check_settings, describe_plan, plan_run
 from runner.report import REPORT_NAME, build_report
 from runner.scheduling import draws_step_noise
-from runner.schema import RunSettings, parse_settings, to_plain
+from runner.schema import RunSettings, parse_loras, parse_settings, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,31 @@ class Pipeline:
         """The resolved choices (model, backend, device, precision, sampler, ...) with `settings`' run values;
         None: the loaded config's."""
         plan = self.plan if settings is None else dataclasses.replace(self.plan, settings=settings)
-        return {**describe_plan(plan), "sampler": self.sampler}
+        return {**describe_plan(plan), "sampler": self.sampler, "loras": self.built.loras_report()}
+
+    # ------------------------------------------------------------------ LoRAs
+    @property
+    def loras(self) -> list[dict[str, Any]]:
+        """The LoRAs merged into the weights now: [{"path": ..., "scale": ...}, ...]."""
+        return self.built.loras_report()
+
+    def set_loras(self, loras: Sequence[Mapping[str, Any] | str]) -> dict[str, int]:
+        """Replace the merged LoRAs ([] for none) without reloading the model: the weights they change are
+        updated in place (compiled backends keep their compiled code), and the original weights come back
+        bit for bit before the new deltas are added. Every file is read and checked against the model first,
+        so a bad one leaves the pipeline as it was. Returns the number of changed modules per component."""
+        specs = parse_loras(list(loras) if isinstance(loras, tuple) else loras)
+        backend = self.built.backend
+        if not getattr(backend, "updates_weights_in_place", True):
+            raise ConfigError(
+                f"backend={self.plan.backend.name} runs a converted copy of the weights, which set_loras cannot "
+                "change in place; load the pipeline with loras=[...] instead"
+            )
+        with self._lock:
+            changed = self.built.set_loras(specs)
+        self.config["loras"] = self.built.loras_report()
+        log.info("LoRAs now %s (modules changed: %s)", self.built.loras_report() or "none", changed or "none")
+        return changed
 
     # ------------------------------------------------------------------ generating
     def settings(self, **params: Any) -> RunSettings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,7 @@ from runner.pass_base import Pass
 from runner.pass_manager import PassReport, apply_passes, instantiate, remove_passes
 from runner.plan import RunPlan
 from runner.scheduling import draws_step_noise, make_checked_scheduler
+from runner.schema import LoraSpec
 from runner.verify import install_verification
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,20 @@ class BuiltPipeline:
     load_ms: float
     passes: list[Pass] = field(default_factory=list)
     pass_report: PassReport | None = None
+    loras: tuple[LoraSpec, ...] = ()  # merged into the weights now (the plan's, until set_loras)
+    lora_modules: dict[str, int] = field(default_factory=dict)  # modules they change, per component
+
+    def set_loras(self, specs: Sequence[LoraSpec]) -> dict[str, int]:
+        """Merge these LoRAs into the weights in place, replacing the current ones (none: the original weights,
+        bit for bit). Files are read and checked against the model before any weight changes."""
+        model = self.plan.model
+        files = self.engine.read_loras(specs, model.family, lora_roles(self.plan))
+        self.lora_modules = self.engine.apply_loras(self.components, files, lora_roles(self.plan), model.name)
+        self.loras = tuple(specs)
+        return self.lora_modules
+
+    def loras_report(self) -> list[dict[str, Any]]:
+        return [{"path": spec.path, "scale": spec.scale} for spec in self.loras]
 
     def generate(self) -> Execution:
         return generate(self.plan, self.engine, self.components)
@@ -80,14 +95,26 @@ def load_components(plan: RunPlan, engine: Any) -> dict[str, Any]:
     return components
 
 
+def lora_roles(plan: RunPlan) -> list[str]:
+    """The components a LoRA may change: every model component with weights (not the tokenizers)."""
+    return [role for role, spec in plan.model.components.items() if not spec.type.endswith("tokenizer")]
+
+
 def load_pipeline(plan: RunPlan) -> BuiltPipeline:
-    """The engine and the eager components (no passes, no backend yet), with the loading time."""
+    """The engine and the eager components with the plan's LoRAs merged (no passes, no backend yet), with the
+    loading time. LoRA files are read and checked before any weights load."""
     backend = create_backend(plan)
     engine = create_engine(plan, backend)
     check_noise_source(plan, engine)
     start = time.perf_counter()
+    files = engine.read_loras(plan.loras, plan.model.family, lora_roles(plan))
     components = load_components(plan, engine)
-    return BuiltPipeline(plan, engine, backend, components, load_ms=(time.perf_counter() - start) * 1e3)
+    built = BuiltPipeline(plan, engine, backend, components, load_ms=0.0)
+    if files:
+        built.lora_modules = engine.apply_loras(components, files, lora_roles(plan), plan.model.name)
+        built.loras = plan.loras
+    built.load_ms = (time.perf_counter() - start) * 1e3
+    return built
 
 
 def check_noise_source(plan: RunPlan, engine: Any) -> None:

@@ -20,10 +20,12 @@ from runner.pass_manager import PassChoice, plan_passes
 from runner.scheduling import SchedulerChoice, choose_scheduler
 from runner.schema import (
     BackendSpec,
+    LoraSpec,
     ModelSpec,
     PrecisionSpec,
     RunSettings,
     parse_backend,
+    parse_loras,
     parse_model,
     parse_precision,
     parse_scheduler,
@@ -51,12 +53,14 @@ class RunPlan:
     passes: tuple[PassChoice, ...]
     verify: bool
     device: str | None  # None only when planned with check_capabilities=False
+    loras: tuple[LoraSpec, ...] = ()
 
 
 def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan:
     """Validate everything that can be validated without loading weights."""
     model = parse_model(cfg["model"])
     settings = parse_settings(cfg, model)
+    loras = parse_loras(cfg.get("loras"))
     weights_dir, pipeline_config = check_weights_dir(model)
     scheduler = choose_scheduler(parse_scheduler(cfg["scheduler"]), model, weights_dir)
     stages = build_graph(model.stages, [*model.components, "scheduler"])
@@ -75,6 +79,7 @@ def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan
         passes=plan_passes(to_plain(cfg.get("passes")), backend.engine),
         verify=settings.verify,
         device=check_backend(backend, precision) if check_capabilities else None,
+        loras=loras,
     )
 
 

@@ -50,6 +50,8 @@ class RunParams:
     noise: str = "engine"  # engine: each engine's own generator (as its stock pipeline); numpy: the same everywhere
     quiet: bool = False  # True: no progress bar
     verify: bool = False  # True: every component a pass changed is checked against its eager copy on first use
+    # LoRAs merged into the weights when the pipeline loads: [{path: file.safetensors, scale: 0.8}, ...]
+    loras: Any = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -381,6 +383,42 @@ def _prompts(value: Any, key: str, allow_none: bool) -> tuple[str, ...] | None:
     if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
         return tuple(value)
     raise ConfigError(f"{key}={value!r} must be a string or a non-empty list of strings")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA file and the scale its weight deltas are merged with."""
+
+    path: str
+    scale: float = 1.0
+
+
+LORA_KEYS = ("path", "scale")
+
+
+def parse_loras(value: Any) -> tuple[LoraSpec, ...]:
+    """`loras`: a list of {path, scale} entries (a bare path: scale 1); checked here, files read later."""
+    value = to_plain(value)
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"loras={value!r} must be a list of {{path: FILE.safetensors, scale: NUMBER}} entries")
+    specs = []
+    for index, entry in enumerate(value):
+        entry = {"path": entry} if isinstance(entry, str) else entry
+        where = f"loras[{index}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where}={entry!r} must be {{path: FILE.safetensors, scale: NUMBER}} or a path")
+        unknown = sorted(set(entry) - set(LORA_KEYS))
+        if unknown:
+            raise ConfigError(f"{where} has unknown key(s) {', '.join(map(str, unknown))}; allowed: path, scale")
+        path, scale = entry.get("path"), entry.get("scale", 1.0)
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"{where}.path={path!r} must be the path of a LoRA file")
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
+            raise ConfigError(f"{where}.scale={scale!r} must be a finite number")
+        specs.append(LoraSpec(path, float(scale)))
+    return tuple(specs)
 
 
 def parse_run_params(cfg: Mapping[str, Any]) -> RunParams:

@@ -22,6 +22,9 @@ class Backend(abc.ABC):
 
     # The keys its YAML may set, their types and defaults (runner/schema.py: BackendOptions).
     options_schema: type[BackendOptions] = BackendOptions
+    # The modules it runs read their Parameters at every call, so an in-place weight update (set_loras) takes
+    # effect without compiling again; False where it runs a converted copy of the weights.
+    updates_weights_in_place = True
 
     def __init__(self, *, spec: BackendSpec, precision: PrecisionSpec | None = None, verify: bool = False) -> None:
         self.spec = spec

@@ -45,6 +45,7 @@ class ConvertedBackend(TorchBackend):
     options_schema = ConvertedOptions
     package = ""  # the Python package the runtime needs (checked before any weights load)
     eager_only_passes_apply = False
+    updates_weights_in_place = False  # the runtime holds its own copy of the converted weights
 
     def __init__(self, *, spec: Any, **kwargs: Any) -> None:
         super().__init__(spec=spec, **kwargs)

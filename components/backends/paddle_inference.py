@@ -29,6 +29,7 @@ class PaddleInferenceOptions(PaddleDeviceOptions):
 
 class PaddleInferenceBackend(PaddleDeviceBackend):
     options_schema = PaddleInferenceOptions
+    updates_weights_in_place = False  # the predictor loads the exported weights into its own scope
 
     def prepare(self, components: Mapping[str, Any], engine: Any) -> None:
         from components.paddle.inference import HOOK_NAME, InferenceHook, InferenceOptions, default_cache_dir

@@ -131,6 +131,12 @@ class PaddleEngine(EngineBase):
         return PaddleFlopCounter(modules)
 
     @property
+    def lora_weights(self) -> Any:
+        from components.paddle.lora import PaddleLoraWeights
+
+        return PaddleLoraWeights()
+
+    @property
     def fusion(self) -> Any:
         from components.paddle import fusion
 

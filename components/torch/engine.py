@@ -159,6 +159,12 @@ class TorchEngine(EngineBase):
         return TorchFlopCounter()
 
     @property
+    def lora_weights(self) -> Any:
+        from components.torch.lora import TorchLoraWeights
+
+        return TorchLoraWeights()
+
+    @property
     def fusion(self) -> Any:
         from components.torch import fusion
 

@@ -1,0 +1,195 @@
+"""LoRA: files as trainers ship them (kohya / sd-scripts, diffusers / PEFT), merged into the weights.
+
+References: diffusers' own `load_lora_weights` on the stock pipeline (PyTorch engine, max |pixel difference|
+<= Tolerances.torch_stock = 1); the Paddle engine against the PyTorch engine with noise=numpy (<= 2 levels);
+`set_loras` on a live pipeline against a pipeline loaded with the same LoRAs (same engine and shapes: exact),
+and removing them against the weights as loaded (bit for bit).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import runner
+from runner.errors import ConfigError
+from tests.support.cases import case
+from tests.support.loras import random_pairs, target_layers, write_kohya, write_peft
+from tests.support.runs import max_pixel_diff, to_uint8
+
+PROMPT = "a red fox in the snow"
+RUN = ["steps=3", "seed=7", f"prompt='{PROMPT}'", "quiet=true"]
+LORA_EFFECT = 3  # levels: a LoRA that changes the images less than this is not visibly applied
+
+
+def diffusers_pipeline(model: str, weights: Path):
+    import diffusers
+
+    from tests.support.configs import model_spec
+
+    pipe = getattr(diffusers, model_spec(model).pipeline_classes[0]).from_pretrained(str(weights))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def stock_images(pipe, model: str, loras: list[tuple[Path, float]], **call) -> np.ndarray:
+    """The stock pipeline's images with these LoRA files loaded by diffusers (PEFT adapters)."""
+    import torch
+
+    names = []
+    for index, (path, _) in enumerate(loras):
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=f"a{index}")
+        names.append(f"a{index}")
+    if names:
+        pipe.set_adapters(names, adapter_weights=[scale for _, scale in loras])
+    settings = runner.load([f"model={model}", "backend=torch"]).defaults
+    out = pipe(prompt=PROMPT, num_inference_steps=3, height=settings.height, width=settings.width,
+               guidance_scale=settings.guidance, generator=torch.Generator("cpu").manual_seed(7), output_type="np",
+               **case(model).stock_call, **call)  # fmt: skip
+    return to_uint8(out.images)
+
+
+def lora_arg(loras: list[tuple[Path, float]]) -> str:
+    return "loras=[" + ",".join(f"{{path:'{path}',scale:{scale}}}" for path, scale in loras) + "]"
+
+
+def images(overrides: list[str]) -> np.ndarray:
+    return np.stack(runner.load(overrides).generate().arrays)
+
+
+def pairs_for(pipe, roles: tuple[str, ...], seed: int, limit: int | None = None) -> dict:
+    return {role: random_pairs(target_layers(getattr(pipe, role), limit), rank=4, seed=seed + i)
+            for i, role in enumerate(roles)}  # fmt: skip
+
+
+def sgm_name(name: str, layers_per_block: int) -> str:
+    """diffusers' name of an SDXL UNet attention layer -> the original SGM name sd-scripts writes."""
+    import re
+
+    per_level = layers_per_block + 1
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", name):
+        return f"input_blocks.{1 + int(m[1]) * per_level + int(m[2])}.1.{m[3]}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", name):
+        return f"output_blocks.{int(m[1]) * per_level + int(m[2])}.1.{m[3]}"
+    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", name):
+        return f"middle_block.1.{m[1]}"
+    return name
+
+
+# ------------------------------------------------------------------------------- against diffusers
+@pytest.mark.parametrize("fmt", ["kohya", "peft"])
+def test_sd15_lora_equals_diffusers_load_lora_weights(tiny_weights, tmp_path, fmt):
+    """UNet and text encoder LoRA, kohya (alpha 2 of rank 4) or PEFT, at scale 0.8: the stock pipeline with
+    diffusers' load_lora_weights gives the same images; and the LoRA visibly changes them."""
+    weights = tiny_weights("tiny_sd15")
+    pipe = diffusers_pipeline("tiny_sd15", weights)
+    pairs = pairs_for(pipe, ("unet", "text_encoder"), seed=1)
+    path = tmp_path / f"{fmt}.safetensors"
+    write_kohya(path, pairs, alpha=2.0) if fmt == "kohya" else write_peft(path, pairs)
+    common = ["model=tiny_sd15", f"model.weights={weights}", "backend=torch", *RUN]
+    ours = images([*common, lora_arg([(path, 0.8)])])
+    theirs = stock_images(pipe, "tiny_sd15", [(path, 0.8)])
+    assert max_pixel_diff(ours, theirs) <= case("tiny_sd15").tolerances.torch_stock
+    assert max_pixel_diff(ours, images(common)) >= LORA_EFFECT
+
+
+def test_sdxl_kohya_sgm_names_with_a_second_lora_equal_diffusers(tiny_weights, tmp_path):
+    """SDXL as sd-scripts trains it (SGM UNet names, lora_te1_ / lora_te2_) at 0.7, plus a PEFT UNet LoRA at 0.5."""
+    weights = tiny_weights("tiny_sdxl")
+    pipe = diffusers_pipeline("tiny_sdxl", weights)
+    first = pairs_for(pipe, ("unet", "text_encoder", "text_encoder_2"), seed=3)
+    layers = pipe.unet.config.layers_per_block
+    kohya = write_kohya(tmp_path / "sgm.safetensors", first, alpha=4.0,
+                        names={n: sgm_name(n, layers) for n in first["unet"]})  # fmt: skip
+    assert any(".input_blocks_" in k or k.startswith("lora_unet_input_blocks") for k in _keys(kohya))
+    peft = write_peft(tmp_path / "peft.safetensors", pairs_for(pipe, ("unet",), seed=9))
+    loras = [(kohya, 0.7), (peft, 0.5)]
+    common = ["model=tiny_sdxl", f"model.weights={weights}", "backend=torch", *RUN]
+    ours = images([*common, lora_arg(loras)])
+    assert max_pixel_diff(ours, stock_images(pipe, "tiny_sdxl", loras)) <= case("tiny_sdxl").tolerances.torch_stock
+    assert max_pixel_diff(ours, images(common)) >= LORA_EFFECT
+
+
+def _keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        return list(f.keys())
+
+
+def bfl_flux_lora(pipe, tmp_path: Path, seed: int) -> tuple[Path, dict]:
+    """A kohya Flux LoRA in BFL's names (fused img/txt qkv of the double blocks, the single blocks' linear2 and
+    modulation, CLIP layers), and the same pairs by diffusers module name (for the Paddle comparison)."""
+    rng = np.random.default_rng(seed)
+    transformer = pipe.transformer
+    rank, tensors = 4, {}
+
+    def pair(out: int, inp: int) -> tuple[np.ndarray, np.ndarray]:
+        return ((rng.standard_normal((rank, inp)) * 0.3 / np.sqrt(inp)).astype(np.float32),
+                (rng.standard_normal((out, rank)) * 0.3).astype(np.float32))  # fmt: skip
+
+    for i, block in enumerate(transformer.transformer_blocks):
+        width = block.attn.to_q.in_features
+        for stream in ("img", "txt"):
+            down, up = pair(3 * block.attn.to_q.out_features, width)
+            tensors[f"lora_unet_double_blocks_{i}_{stream}_attn_qkv.lora_down.weight"] = down
+            tensors[f"lora_unet_double_blocks_{i}_{stream}_attn_qkv.lora_up.weight"] = up
+            tensors[f"lora_unet_double_blocks_{i}_{stream}_attn_qkv.alpha"] = np.array(2.0, np.float32)
+    for i, block in enumerate(transformer.single_transformer_blocks):
+        for name, layer in (("linear2", block.proj_out), ("modulation_lin", block.norm.linear)):
+            down, up = pair(layer.out_features, layer.in_features)
+            tensors[f"lora_unet_single_blocks_{i}_{name}.lora_down.weight"] = down
+            tensors[f"lora_unet_single_blocks_{i}_{name}.lora_up.weight"] = up
+            tensors[f"lora_unet_single_blocks_{i}_{name}.alpha"] = np.array(4.0, np.float32)
+    for name, (down, up) in random_pairs(target_layers(pipe.text_encoder), rank, seed + 1).items():
+        stem = "lora_te1_" + name.replace(".", "_")
+        tensors.update({f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up,
+                        f"{stem}.alpha": np.array(4.0, np.float32)})  # fmt: skip
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "flux_bfl.safetensors"
+    save_file(tensors, str(path))
+    return path, tensors
+
+
+def test_flux_kohya_lora_in_bfl_names_equals_diffusers(tiny_weights, tmp_path):
+    """Flux's fused projections (BFL names) split onto diffusers' modules as diffusers' own converter does."""
+    weights = tiny_weights("tiny_flux")
+    pipe = diffusers_pipeline("tiny_flux", weights)
+    path, _ = bfl_flux_lora(pipe, tmp_path, seed=4)
+    common = ["model=tiny_flux", f"model.weights={weights}", "backend=torch", *RUN]
+    ours = images([*common, lora_arg([(path, 0.9)])])
+    assert max_pixel_diff(ours, stock_images(pipe, "tiny_flux", [(path, 0.9)])) <= case("tiny_flux").tolerances.torch_stock
+    assert max_pixel_diff(ours, images(common)) >= LORA_EFFECT
+
+
+def test_flux_single_block_linear1_splits_onto_q_k_v_and_mlp(tiny_weights, tmp_path):
+    """BFL's linear1 of a single block holds Q, K, V and the MLP input in that row order (diffusers'
+    converter hard-codes the full model's sizes, so the tiny model is checked against the same layers
+    written one by one in the PEFT format)."""
+    from safetensors.numpy import save_file
+
+    weights = tiny_weights("tiny_flux")
+    pipe = diffusers_pipeline("tiny_flux", weights)
+    rng = np.random.default_rng(11)
+    fused, split = {}, {}
+    for i, block in enumerate(pipe.transformer.single_transformer_blocks):
+        parts = [block.attn.to_q, block.attn.to_k, block.attn.to_v, block.proj_mlp]
+        names = ["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"]
+        down = (rng.standard_normal((4, parts[0].in_features)) * 0.1).astype(np.float32)
+        up = (rng.standard_normal((sum(p.out_features for p in parts), 4)) * 0.3).astype(np.float32)
+        fused[f"lora_unet_single_blocks_{i}_linear1.lora_down.weight"] = down
+        fused[f"lora_unet_single_blocks_{i}_linear1.lora_up.weight"] = up
+        start = 0
+        for name, part in zip(names, parts):
+            split[f"transformer.single_transformer_blocks.{i}.{name}.lora_A.weight"] = down
+            split[f"transformer.single_transformer_blocks.{i}.{name}.lora_B.weight"] = up[start : start + part.out_features]
+            start += part.out_features
+    save_file(fused, str(tmp_path / "fused.safetensors"))
+    save_file(split, str(tmp_path / "split.safetensors"))
+    common = ["model=tiny_flux", f"model.weights={weights}", "backend=torch", *RUN]
+    fused_images = images([*common, lora_arg([(tmp_path / "fused.safetensors", 1.0)])])
+    assert max_pixel_diff(fused_images, images([*common, lora_arg([(tmp_path / "split.safetensors", 1.0)])])) == 0
+    assert max_pixel_diff(fused_images, images(common)) >= LORA_EFFECT
