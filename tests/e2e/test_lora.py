@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import runner
+from runner.errors import ConfigError
 from tests.support.cases import case
 from tests.support.loras import random_pairs, target_layers, write_kohya, write_peft
 from tests.support.runs import max_pixel_diff, to_uint8
@@ -282,3 +283,130 @@ def test_set_loras_on_inductor_updates_weights_without_compiling_again(tiny_weig
     eager = images([*common, "backend=torch", lora_arg([(lora, 1.0)])])
     assert max_pixel_diff(with_lora, eager) <= case("tiny_sd15").tolerances.torch_stock
     assert max_pixel_diff(with_lora, images([*common, "backend=torch"])) >= LORA_EFFECT
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def _no_loading(monkeypatch):
+    from runner import app
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before the refusal")
+
+    monkeypatch.setattr(app, "load_components", refuse)
+
+
+def kohya_file(path: Path, names: dict[str, tuple[int, int]], prefix: str = "lora_unet_") -> Path:
+    from safetensors.numpy import save_file
+
+    tensors = {}
+    for name, (out, inp) in names.items():
+        tensors[f"{prefix}{name}.lora_down.weight"] = np.ones((2, inp), np.float32)
+        tensors[f"{prefix}{name}.lora_up.weight"] = np.ones((out, 2), np.float32)
+    save_file(tensors, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda d: d / "missing.safetensors", r"^LoRA \S+missing.safetensors is not a file$"),
+        (lambda d: _write(d / "a.ckpt", b"x"), r"^LoRA \S+a.ckpt: .ckpt files are Python pickles, which can run code"),
+        (lambda d: _write(d / "bad.safetensors", b"\x05\x00\x00\x00\x00\x00\x00\x00{"),
+         r"^LoRA \S+bad.safetensors is not a readable safetensors file"),
+        (lambda d: _tensors(d / "odd.safetensors", {"model.layer.weight": np.ones(2, np.float32)}),
+         r"^LoRA \S+odd.safetensors: 1 key\(s\) in no LoRA format this runner reads .* e.g. model.layer.weight$"),
+        (lambda d: kohya_file(d / "flux.safetensors", {"double_blocks_0_img_attn_qkv": (96, 32)}),
+         r"^LoRA \S+flux.safetensors is for Flux but the model is Stable Diffusion 1.x/2.x$"),
+        (lambda d: kohya_file(d / "te2.safetensors", {"text_model_encoder_layers_0_mlp_fc1": (37, 32)}, "lora_te2_"),
+         r"^LoRA \S+te2.safetensors changes component text_encoder_2, which this model does not have"),
+    ],
+    ids=["missing", "pickle", "corrupt", "unknown-keys", "other-family", "other-components"],
+)  # fmt: skip
+def test_bad_lora_files_are_refused_in_one_line_before_any_weights_load(tmp_path, monkeypatch, make, message):
+    from runner.app import build_pipeline
+    from runner.plan import plan_run
+    from tests.support.configs import compose_config
+
+    _no_loading(monkeypatch)
+    path = make(tmp_path)
+    plan = plan_run(compose_config(["model=tiny_sd15", "backend=torch", lora_arg([(path, 1.0)])]))
+    with pytest.raises(ConfigError, match=message) as err:
+        build_pipeline(plan)
+    assert "\n" not in str(err.value)
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _tensors(path: Path, tensors: dict) -> Path:
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("loras=3", r"^loras=3 must be a list of \{path: FILE.safetensors, scale: NUMBER\} entries$"),
+        ("loras=[{path:a.safetensors,weight:2}]", r"^loras\[0\] has unknown key\(s\) weight; allowed: path, scale$"),
+        ("loras=[{path:a.safetensors,scale:strong}]", r"^loras\[0\].scale='strong' must be a finite number$"),
+        ("loras=[{scale:1}]", r"^loras\[0\].path=None must be the path of a LoRA file$"),
+    ],
+)
+def test_bad_lora_entries_are_refused_when_planning(value, message):
+    from runner.plan import plan_run
+    from tests.support.configs import compose_config
+
+    with pytest.raises(ConfigError, match=message):
+        plan_run(compose_config(["model=tiny_sd15", "backend=torch", value]), check_capabilities=False)
+
+
+def test_a_lora_that_does_not_fit_leaves_the_pipeline_as_it_was(tiny_weights, tmp_path):
+    """Unknown module names (listed) and wrong shapes are refused by set_loras before any weight changes."""
+    weights = tiny_weights("tiny_sd15")
+    pipe = runner.load(["model=tiny_sd15", f"model.weights={weights}", "backend=torch", *RUN])
+    stock = diffusers_pipeline("tiny_sd15", weights)
+    good = write_kohya(tmp_path / "good.safetensors", pairs_for(stock, ("unet",), seed=1), alpha=2.0)
+    pipe.set_loras([str(good)])
+    before = state(pipe)
+    names = {f"down_blocks_0_attentions_0_nothing_{i}": (32, 32) for i in range(7)}
+    unknown = kohya_file(tmp_path / "unknown.safetensors", names)
+    expected = (
+        r"7 of its 7 layers name no module of model=tiny_sd15: down_blocks_0_attentions_0_nothing_0, .* "
+        r"\(and 2 more\); is it a LoRA for another model\?$"
+    )
+    with pytest.raises(ConfigError, match=expected):
+        pipe.set_loras([str(good), str(unknown)])
+    layer = next(iter(target_layers(stock.unet)))
+    wide = kohya_file(tmp_path / "wide.safetensors", {layer.replace(".", "_"): (999, 8)})
+    with pytest.raises(ConfigError, match=rf"layer {layer.replace('.', '_')} changes a weight of shape \[999, 8\]"):
+        pipe.set_loras([str(wide)])
+    after = state(pipe)
+    assert all(np.array_equal(after[key], before[key]) for key in before)
+    assert pipe.loras == [{"path": str(good), "scale": 1.0}]
+
+
+def test_requests_cannot_change_loras(tiny_weights):
+    """LoRAs are fixed when the pipeline loads: a call's parameters and the server's requests refuse them."""
+    from runner.serve.protocol import BadRequest, Limits, parse_openai
+
+    pipe = runner.load(["model=tiny_sd15", "backend=torch", *RUN])
+    with pytest.raises(ConfigError, match=r"^loras: fixed when the pipeline loads \(give them to runner.load\)"):
+        pipe.settings(loras=[{"path": "x.safetensors"}])
+    limits = Limits(model="tiny_sd15", multiple=8, default_width=64, default_height=64, max_pixels=512 * 512,
+                    max_steps=50, max_n=4)  # fmt: skip
+    with pytest.raises(BadRequest, match=r"^unrecognized request argument\(s\): loras$"):
+        parse_openai({"prompt": "a", "loras": [{"path": "x.safetensors"}]}, limits)
+
+
+def test_set_loras_is_refused_on_a_backend_running_converted_weights():
+    pipe = runner.load(["model=tiny_sd15", "backend=onnxruntime", *RUN])
+    expected = (
+        r"^backend=onnxruntime runs a converted copy of the weights, which set_loras cannot change in "
+        r"place; load the pipeline with loras=\[\.\.\.\] instead$"
+    )
+    with pytest.raises(ConfigError, match=expected):
+        pipe.set_loras([])

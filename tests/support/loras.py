@@ -43,7 +43,9 @@ def random_pairs(
 
 
 def write_kohya(
-    path: Path, pairs_by_role: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], alpha: float | None,
+    path: Path,
+    pairs_by_role: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+    alpha: float | None,
     names: Mapping[str, str] | None = None,
 ) -> Path:
     """kohya format: lora_unet_<name with _>.lora_down.weight / .lora_up.weight / .alpha. `names` renames
