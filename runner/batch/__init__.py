@@ -61,6 +61,8 @@ def batch_identity(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "scheduler": plain["scheduler"],
         "passes": plain["passes"],
         "noise": plain["noise"],
+        # Only when set, so folders made without LoRAs keep the identity they were written with.
+        **({"loras": plain["loras"]} if plain.get("loras") else {}),
     }
 
 
