@@ -122,8 +122,9 @@ class LoraWeights(Protocol):
 
 
 # ------------------------------------------------------------------------------------------------ reading
-def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Every tensor of a safetensors file as numpy (bf16 widened to float32 exactly: numpy has no bf16)."""
+def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Every tensor of a safetensors file as numpy (bf16 widened to float32 exactly: numpy has no bf16), and
+    the file's metadata."""
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) != 8:
@@ -149,7 +150,8 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         else:
             raise ValueError(f"tensor {key!r} has dtype {dtype}, which LoRA weights do not use")
         tensors[key] = array.reshape(shape)
-    return tensors
+    metadata = header.get("__metadata__") or {}
+    return tensors, {str(k): str(v) for k, v in metadata.items()}
 
 
 def _split_key(key: str, suffixes: Mapping[str, str]) -> tuple[str, str] | None:
@@ -166,10 +168,53 @@ def _role_and_name(stem: str, roles: Mapping[str, str]) -> tuple[str, str]:
     return "denoiser", stem  # PEFT files saved from the denoiser alone carry no prefix
 
 
-def parse_lora(tensors: Mapping[str, np.ndarray], path: str) -> list[LoraLayer]:
+ADAPTER_METADATA = "lora_adapter_metadata"  # diffusers >= 0.34 saves each component's LoraConfig here
+
+
+def adapter_configs(metadata: Mapping[str, str], path: str) -> dict[str, dict[str, Any]]:
+    """Component prefix -> its PEFT LoraConfig fields, from the file's metadata ({"unet.lora_alpha": 8, ...})."""
+    raw = metadata.get(ADAPTER_METADATA)
+    if not raw:
+        return {}
+    try:
+        flat = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"LoRA {path}: its {ADAPTER_METADATA} metadata is not JSON ({err.msg})") from err
+    configs: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items() if isinstance(flat, dict) else ():
+        prefix, _, field_name = str(key).rpartition(".")
+        configs.setdefault(prefix, {})[field_name] = value
+    return configs
+
+
+def _pattern_value(patterns: Mapping[str, Any], name: str) -> Any:
+    """PEFT's rank_pattern / alpha_pattern lookup: the first key matching the end of the module name."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return value
+    return None
+
+
+def peft_alpha(config: Mapping[str, Any], name: str, rank: int, path: str) -> float | None:
+    """The alpha of one module under a saved LoraConfig, such that alpha / rank is PEFT's scaling."""
+    if config.get("use_dora"):
+        raise ConfigError(f"LoRA {path} is a DoRA adapter (use_dora); only plain LoRA weights can be merged")
+    alpha = _pattern_value(config.get("alpha_pattern", {}), name)
+    alpha = config.get("lora_alpha") if alpha is None else alpha
+    if alpha is None:
+        return None
+    if config.get("use_rslora"):  # rank-stabilized: alpha / sqrt(rank)
+        return float(alpha) * math.sqrt(rank)
+    return float(alpha)
+
+
+def parse_lora(
+    tensors: Mapping[str, np.ndarray], path: str, metadata: Mapping[str, str] | None = None
+) -> list[LoraLayer]:
     """The low-rank pairs of a LoRA file; ConfigError for a file in no known format or with stray keys."""
     kohya = any(key.startswith(tuple(KOHYA_ROLES)) for key in tensors)
     suffixes = KOHYA_SUFFIXES if kohya else PEFT_SUFFIXES
+    configs = {} if kohya else adapter_configs(metadata or {}, path)
     parts: dict[str, dict[str, np.ndarray]] = {}
     unknown = []
     for key, value in tensors.items():
@@ -197,6 +242,9 @@ def parse_lora(tensors: Mapping[str, np.ndarray], path: str) -> list[LoraLayer]:
             )
         alpha = float(pair["alpha"].reshape(-1)[0]) if "alpha" in pair else None
         role, name = _role_and_name(stem, KOHYA_ROLES if kohya else PEFT_ROLES)
+        prefix = stem[: len(stem) - len(name)].rstrip(".")
+        if alpha is None and prefix in configs:
+            alpha = peft_alpha(configs[prefix], name, down.shape[0], path)
         layers.append(LoraLayer(role, name, kohya, down, up, alpha))
     return layers
 
@@ -221,10 +269,10 @@ def read_lora(path: str, scale: float, family: str, roles: Sequence[str]) -> Lor
     if not file.is_file():
         raise ConfigError(f"LoRA {path} is not a file")
     try:
-        tensors = read_safetensors(file)
+        tensors, metadata = read_safetensors(file)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"LoRA {path} is not a readable safetensors file ({err})") from err
-    layers = parse_lora(tensors, path)
+    layers = parse_lora(tensors, path, metadata)
     guessed = guess_family([f"{layer.role}.{layer.name}" for layer in layers])
     if guessed is not None and guessed != family and {guessed, family} != {"sd", "sdxl"}:
         raise ConfigError(

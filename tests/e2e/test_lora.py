@@ -64,18 +64,44 @@ def pairs_for(pipe, roles: tuple[str, ...], seed: int, limit: int | None = None)
             for i, role in enumerate(roles)}  # fmt: skip
 
 
+RESNET_SGM = {"conv1": "in_layers.2", "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1",
+              "conv_shortcut": "skip_connection"}  # fmt: skip
+
+
 def sgm_name(name: str, layers_per_block: int) -> str:
-    """diffusers' name of an SDXL UNet attention layer -> the original SGM name sd-scripts writes."""
+    """diffusers' name of an SDXL UNet layer -> the original SGM name sd-scripts writes."""
     import re
 
     per_level = layers_per_block + 1
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", name):
-        return f"input_blocks.{1 + int(m[1]) * per_level + int(m[2])}.1.{m[3]}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", name):
-        return f"output_blocks.{int(m[1]) * per_level + int(m[2])}.1.{m[3]}"
-    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", name):
-        return f"middle_block.1.{m[1]}"
+    if m := re.fullmatch(r"(down|up|mid)_blocks?\.(?:(\d+)\.)?(attentions|resnets)\.(\d+)\.(.+)", name):
+        kind, level, part, index, rest = m[1], int(m[2] or 0), m[3], int(m[4]), m[5]
+        if part == "resnets":
+            rest = RESNET_SGM[rest]
+        if kind == "mid":
+            return f"middle_block.{1 if part == 'attentions' else 2 * index}.{rest}"
+        sub = 1 if part == "attentions" else 0
+        block = 1 + level * per_level + index if kind == "down" else level * per_level + index
+        return f"{'input' if kind == 'down' else 'output'}_blocks.{block}.{sub}.{rest}"
     return name
+
+
+def conv_pairs(unet, rank: int, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """LoCon-style pairs for the resnets' convolutions and time projections (4-D for convolutions)."""
+    from torch import nn
+
+    rng = np.random.default_rng(seed)
+    pairs = {}
+    for name, module in unet.named_modules():
+        if ".resnets." in name and name.rsplit(".", 1)[-1] in RESNET_SGM:
+            weight = module.weight
+            if isinstance(module, nn.Conv2d):
+                down = rng.standard_normal((rank, *weight.shape[1:])) * 0.1 / np.sqrt(weight[0].numel())
+                up = rng.standard_normal((weight.shape[0], rank, 1, 1)) * 0.1
+            else:
+                down = rng.standard_normal((rank, weight.shape[1])) * 0.1 / np.sqrt(weight.shape[1])
+                up = rng.standard_normal((weight.shape[0], rank)) * 0.1
+            pairs[name] = (down.astype(np.float32), up.astype(np.float32))
+    return pairs
 
 
 # ------------------------------------------------------------------------------- against diffusers
@@ -96,14 +122,18 @@ def test_sd15_lora_equals_diffusers_load_lora_weights(tiny_weights, tmp_path, fm
 
 
 def test_sdxl_kohya_sgm_names_with_a_second_lora_equal_diffusers(tiny_weights, tmp_path):
-    """SDXL as sd-scripts trains it (SGM UNet names, lora_te1_ / lora_te2_) at 0.7, plus a PEFT UNet LoRA at 0.5."""
+    """SDXL as sd-scripts trains it (SGM UNet names, resnet convolutions too, lora_te1_ / lora_te2_) at 0.7, plus a
+    PEFT UNet LoRA at 0.5."""
     weights = tiny_weights("tiny_sdxl")
     pipe = diffusers_pipeline("tiny_sdxl", weights)
     first = pairs_for(pipe, ("unet", "text_encoder", "text_encoder_2"), seed=3)
+    first["unet"].update(conv_pairs(pipe.unet, rank=4, seed=8))
     layers = pipe.unet.config.layers_per_block
     kohya = write_kohya(tmp_path / "sgm.safetensors", first, alpha=4.0,
                         names={n: sgm_name(n, layers) for n in first["unet"]})  # fmt: skip
-    assert any(".input_blocks_" in k or k.startswith("lora_unet_input_blocks") for k in _keys(kohya))
+    keys = _keys(kohya)
+    assert any(k.startswith("lora_unet_input_blocks_4_0_in_layers_2") for k in keys), keys
+    assert any(k.startswith("lora_unet_middle_block_1_transformer") for k in keys), keys
     peft = write_peft(tmp_path / "peft.safetensors", pairs_for(pipe, ("unet",), seed=9))
     loras = [(kohya, 0.7), (peft, 0.5)]
     common = ["model=tiny_sdxl", f"model.weights={weights}", "backend=torch", *RUN]
@@ -410,3 +440,29 @@ def test_set_loras_is_refused_on_a_backend_running_converted_weights():
     )
     with pytest.raises(ConfigError, match=expected):
         pipe.set_loras([])
+
+
+def test_peft_adapter_metadata_gives_alpha_per_module(tiny_weights, tmp_path):
+    """diffusers >= 0.34 stores each component's LoraConfig in the file's metadata (lora_alpha, alpha_pattern,
+    use_rslora): the same pairs with those alphas give exactly what kohya files with per-layer alphas give."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    weights = tiny_weights("tiny_sd15")
+    stock = diffusers_pipeline("tiny_sd15", weights)
+    pairs = pairs_for(stock, ("unet",), seed=12)
+    tensors = {f"unet.{n}.lora_{ab}.weight": t for n, (d, u) in pairs["unet"].items() for ab, t in (("A", d), ("B", u))}
+    config = {"unet.r": 4, "unet.lora_alpha": 8, "unet.alpha_pattern": {"to_q": 2}}
+    save_file(tensors, str(tmp_path / "meta.safetensors"), metadata={"lora_adapter_metadata": json.dumps(config)})
+    expected = {}
+    for name, pair in pairs["unet"].items():
+        expected.setdefault(2.0 if name.endswith("to_q") else 8.0, {})[name] = pair
+    kohya = [write_kohya(tmp_path / f"k{int(a)}.safetensors", {"unet": p}, alpha=a) for a, p in expected.items()]
+    common = ["model=tiny_sd15", f"model.weights={weights}", "backend=torch", *RUN]
+    with_metadata = images([*common, lora_arg([(tmp_path / "meta.safetensors", 1.0)])])
+    assert max_pixel_diff(with_metadata, images([*common, lora_arg([(k, 1.0) for k in kohya])])) == 0
+    config["unet.use_dora"] = True
+    save_file(tensors, str(tmp_path / "dora.safetensors"), metadata={"lora_adapter_metadata": json.dumps(config)})
+    with pytest.raises(ConfigError, match=r"dora.safetensors is a DoRA adapter \(use_dora\); only plain LoRA"):
+        runner.load([*common, lora_arg([(tmp_path / "dora.safetensors", 1.0)])])
