@@ -51,5 +51,8 @@ class TorchLoraWeights:
     def add(self, layer: Any, delta: np.ndarray) -> None:
         with torch.no_grad():
             view = _view(layer)
-            merged = view.float() + torch.from_numpy(np.ascontiguousarray(delta)).to(view.device)
-            view.copy_(merged.to(view.dtype))
+            update = torch.from_numpy(np.ascontiguousarray(delta)).to(view.device)
+            if view.dtype == torch.float32:
+                view.add_(update)
+            else:  # fp16 / bf16: the sum in float32, rounded once
+                view.copy_((view.float() + update).to(view.dtype))
