@@ -159,11 +159,16 @@ class EngineBase(abc.ABC):
         return [read_lora(spec.path, spec.scale, family, roles) for spec in specs]
 
     def apply_loras(
-        self, components: Mapping[str, Any], files: Sequence[LoraFile], roles: Sequence[str], model_name: str
+        self,
+        components: Mapping[str, Any],
+        files: Sequence[LoraFile],
+        roles: Sequence[str],
+        model_name: str,
+        copies: Mapping[str, Sequence[Any]] | None = None,
     ) -> dict[str, int]:
         """Merge `files` into the components' weights in place, replacing any LoRA merged before (none: the
-        original weights, bit for bit); return the number of changed modules per component."""
-        return apply_loras(components, self.lora_weights, files, roles, model_name)
+        original weights, bit for bit), and into `copies` of them; return the changed modules per component."""
+        return apply_loras(components, self.lora_weights, files, roles, model_name, copies)
 
     # ----------------------------------------------------------------- passes
     @property

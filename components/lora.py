@@ -208,6 +208,17 @@ def peft_alpha(config: Mapping[str, Any], name: str, rank: int, path: str) -> fl
     return float(alpha)
 
 
+# diffusers before 0.20 saved attention-processor LoRAs: `...attn1.processor.to_q_lora.down.weight`.
+OLD_PROCESSOR_KEY = re.compile(
+    r"\.processor\.(to_q|to_k|to_v|to_out|add_q_proj|add_k_proj|add_v_proj)_lora\.(down|up)\.weight$"
+)
+
+
+def _old_processor_name(match: re.Match[str]) -> str:
+    module = "to_out.0" if match[1] == "to_out" else match[1]
+    return f".{module}.lora.{match[2]}.weight"
+
+
 def parse_lora(
     tensors: Mapping[str, np.ndarray], path: str, metadata: Mapping[str, str] | None = None
 ) -> list[LoraLayer]:
@@ -218,6 +229,8 @@ def parse_lora(
     parts: dict[str, dict[str, np.ndarray]] = {}
     unknown = []
     for key, value in tensors.items():
+        if not kohya:
+            key = OLD_PROCESSOR_KEY.sub(_old_processor_name, key)
         split = _split_key(key, suffixes)
         if split is None or (kohya and not key.startswith(tuple(KOHYA_ROLES))):
             unknown.append(key)
@@ -544,10 +557,12 @@ def apply_loras(
     files: Sequence[LoraFile],
     roles: Sequence[str],
     model_name: str,
+    copies: Mapping[str, Sequence[Any]] | None = None,
 ) -> dict[str, int]:
     """Set the pipeline's LoRAs to `files` (none: the original weights); return changed modules per role.
 
-    Everything is checked first, so a LoRA that does not fit leaves the weights as they were."""
+    Everything is checked first, so a LoRA that does not fit leaves the weights as they were. `copies`: other
+    instances of a role's component (verify=true's eager copies) that get the same deltas."""
     resolver = Resolver(components, weights, roles)
     deltas = merged_deltas(files, resolver, model_name)
     per_role: dict[str, dict[str, np.ndarray]] = {role: {} for role in roles}
@@ -555,5 +570,6 @@ def apply_loras(
         per_role[role][name] = delta
     for role in roles:
         if role in components:
-            set_deltas(components[role], weights, per_role[role])
+            for component in [components[role], *(copies or {}).get(role, ())]:
+                set_deltas(component, weights, per_role[role])
     return {role: len(names) for role, names in per_role.items() if names}

@@ -18,7 +18,7 @@ from runner.pass_manager import PassReport, apply_passes, instantiate, remove_pa
 from runner.plan import RunPlan
 from runner.scheduling import draws_step_noise, make_checked_scheduler
 from runner.schema import LoraSpec
-from runner.verify import install_verification
+from runner.verify import install_verification, pending_copies
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,12 @@ class BuiltPipeline:
     def set_loras(self, specs: Sequence[LoraSpec]) -> dict[str, int]:
         """Merge these LoRAs into the weights in place, replacing the current ones (none: the original weights,
         bit for bit). Files are read and checked against the model before any weight changes."""
-        model = self.plan.model
-        files = self.engine.read_loras(specs, model.family, lora_roles(self.plan))
-        self.lora_modules = self.engine.apply_loras(self.components, files, lora_roles(self.plan), model.name)
+        model, roles = self.plan.model, lora_roles(self.plan)
+        files = self.engine.read_loras(specs, model.family, roles)
+        # verify=true: the eager copies awaiting their first-call check get the same LoRAs (the check compares
+        # what each pass did, not what the LoRA did).
+        copies = pending_copies(self.components)
+        self.lora_modules = self.engine.apply_loras(self.components, files, roles, model.name, copies)
         self.loras = tuple(specs)
         return self.lora_modules
 

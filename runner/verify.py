@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from runner.errors import VerificationError
-from runner.hooks import ModelHook, register_hook
+from runner.hooks import HookRegistry, ModelHook, register_hook
 from runner.pass_base import TOLERANCE
 
 HOOK_NAME = "verify"
@@ -89,3 +89,18 @@ def install_verification(
         for method in ENTRY_METHODS:
             if callable(getattr(component, method, None)):
                 register_hook(component, HOOK_NAME, VerificationHook(check, method), method)
+
+
+def pending_copies(components: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """role -> the eager copies a component still holds for its first-call check (none once it has run).
+    A change made to the component after the passes (set_loras) must be made to these copies too, or the
+    check would blame a pass for it."""
+    copies: dict[str, list[Any]] = {}
+    for role, component in components.items():
+        for method in ENTRY_METHODS:
+            registry = HookRegistry.find(component, method) if callable(getattr(component, method, None)) else None
+            if registry is not None and HOOK_NAME in registry.names():
+                chain = registry.get(HOOK_NAME).check.chain
+                copies[role] = [copy for _, copy in chain]
+                break
+    return {role: found for role, found in copies.items() if found}

@@ -475,3 +475,40 @@ def test_peft_adapter_metadata_gives_alpha_per_module(tiny_weights, tmp_path):
     save_file(tensors, str(tmp_path / "dora.safetensors"), metadata={"lora_adapter_metadata": json.dumps(config)})
     with pytest.raises(ConfigError, match=r"dora.safetensors is a DoRA adapter \(use_dora\); only plain LoRA"):
         runner.load([*common, lora_arg([(tmp_path / "dora.safetensors", 1.0)])])
+
+
+def test_set_loras_before_verification_checks_what_the_passes_did(tiny_weights, tmp_path):
+    """verify=true keeps eager copies until the first call: a LoRA set before it reaches those copies too, so the
+    check compares the passes (and passes), and the images are those of a pipeline loaded with the LoRA."""
+    weights = tiny_weights("tiny_sd15")
+    stock = diffusers_pipeline("tiny_sd15", weights)
+    lora = write_kohya(tmp_path / "a.safetensors", pairs_for(stock, ("unet",), seed=1), alpha=2.0)
+    common = ["model=tiny_sd15", f"model.weights={weights}", "backend=torch", "passes=qkv_fusion", *RUN]
+    pipe = runner.load([*common, "verify=true"])
+    pipe.set_loras([str(lora)])
+    result = pipe.generate()
+    verified = result.report["passes"]["verified"]
+    assert [v["pass"] for v in verified if v["component"] == "unet"] == ["qkv_fusion"]
+    assert max_pixel_diff(np.stack(result.arrays), images([*common, lora_arg([(lora, 1.0)])])) == 0
+
+
+def test_lora_saved_by_old_diffusers_attention_processors(tiny_weights, tmp_path):
+    """`unet.<block>.attn1.processor.to_q_lora.down.weight` (diffusers before 0.20) is the same LoRA as the PEFT
+    names of the same modules."""
+    from safetensors.numpy import save_file
+
+    weights = tiny_weights("tiny_sd15")
+    stock = diffusers_pipeline("tiny_sd15", weights)
+    pairs = pairs_for(stock, ("unet",), seed=4)["unet"]
+    old = {}
+    for name, (down, up) in pairs.items():
+        block, _, module = name.rpartition(".attn")
+        attn, _, proj = module.partition(".")
+        proj = "to_out" if proj == "to_out.0" else proj
+        stem = f"unet.{block}.attn{attn}.processor.{proj}_lora"
+        old[f"{stem}.down.weight"], old[f"{stem}.up.weight"] = down, up
+    save_file(old, str(tmp_path / "old.safetensors"))
+    peft = write_peft(tmp_path / "peft.safetensors", {"unet": pairs})
+    common = ["model=tiny_sd15", f"model.weights={weights}", "backend=torch", *RUN]
+    assert max_pixel_diff(images([*common, lora_arg([(tmp_path / "old.safetensors", 1.0)])]),
+                          images([*common, lora_arg([(peft, 1.0)])])) == 0  # fmt: skip
