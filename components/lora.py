@@ -67,7 +67,8 @@ PEFT_SUFFIXES = {
 # Families recognizable from the names alone, for a clear "LoRA for another model" error.
 FAMILY_MARKERS = (
     ("flux", re.compile(r"double_blocks|single_blocks|single_transformer_blocks")),
-    ("sd3", re.compile(r"joint_blocks|transformer_blocks[._]\d+[._]attn[._]add_q_proj(?!.*single)")),
+    # SD3's original names only: in diffusers' names its blocks look like Flux's double blocks.
+    ("sd3", re.compile(r"joint_blocks")),
     ("sdxl", re.compile(r"input_blocks|output_blocks|lora_te2_|text_encoder_2|add_embedding")),
     ("sd", re.compile(r"down_blocks|up_blocks|mid_block|lora_te_")),
 )
