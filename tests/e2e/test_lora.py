@@ -108,19 +108,20 @@ def conv_pairs(unet, rank: int, seed: int) -> dict[str, tuple[np.ndarray, np.nda
 
 
 # ------------------------------------------------------------------------------- against diffusers
-@pytest.mark.parametrize("fmt", ["kohya", "peft"])
-def test_sd15_lora_equals_diffusers_load_lora_weights(tiny_weights, tmp_path, fmt):
+@pytest.mark.parametrize("model,fmt", [("tiny_sd15", "kohya"), ("tiny_sd15", "peft"), ("tiny_sd21", "kohya")])
+def test_sd_lora_equals_diffusers_load_lora_weights(tiny_weights, tmp_path, model, fmt):
     """UNet and text encoder LoRA, kohya (alpha 2 of rank 4) or PEFT, at scale 0.8: the stock pipeline with
-    diffusers' load_lora_weights gives the same images; and the LoRA visibly changes them."""
-    weights = tiny_weights("tiny_sd15")
-    pipe = diffusers_pipeline("tiny_sd15", weights)
+    diffusers' load_lora_weights gives the same images; and the LoRA visibly changes them. (SD 2.1's UNet
+    projects with Linear layers where SD 1.5 has 1x1 convolutions.)"""
+    weights = tiny_weights(model)
+    pipe = diffusers_pipeline(model, weights)
     pairs = pairs_for(pipe, ("unet", "text_encoder"), seed=1)
     path = tmp_path / f"{fmt}.safetensors"
     write_kohya(path, pairs, alpha=2.0) if fmt == "kohya" else write_peft(path, pairs)
-    common = ["model=tiny_sd15", f"model.weights={weights}", "backend=torch", *RUN]
+    common = [f"model={model}", f"model.weights={weights}", "backend=torch", *RUN]
     ours = images([*common, lora_arg([(path, 0.8)])])
-    theirs = stock_images(pipe, "tiny_sd15", [(path, 0.8)])
-    assert max_pixel_diff(ours, theirs) <= case("tiny_sd15").tolerances.torch_stock
+    theirs = stock_images(pipe, model, [(path, 0.8)])
+    assert max_pixel_diff(ours, theirs) <= case(model).tolerances.torch_stock
     assert max_pixel_diff(ours, images(common)) >= LORA_EFFECT
 
 
