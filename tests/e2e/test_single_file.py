@@ -221,3 +221,42 @@ def test_single_file_plan_takes_the_scheduler_from_the_model_yaml(checkpoints):
     assert plan.scheduler.class_name == "DDIMScheduler"
     assert plan.scheduler.config["prediction_type"] == "v_prediction"
     assert plan.weights_path == file and plan.pipeline_config == {}
+
+
+@pytest.mark.slow  # BF16 reading alone: tests/unit/test_single_file.py
+def test_a_bf16_file_loads_as_the_float32_file_of_its_values(checkpoints, tmp_path):
+    """BF16 (which NumPy lacks) is read exactly: the images equal those of an fp32 file holding the same values."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    overrides, _, file = checkpoints("tiny_sd15")
+    tensors = load_file(str(file))
+    bf16 = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()}
+    save_file(bf16, str(tmp_path / "bf16.safetensors"))
+    save_file(
+        {k: v.float() if v.is_floating_point() else v for k, v in bf16.items()}, str(tmp_path / "f32.safetensors")
+    )
+    common = [*overrides, "backend=paddle", "seed=7", "steps=2"]
+    from_bf16 = aligned_images([*common, f"model.weights={tmp_path / 'bf16.safetensors'}"])
+    assert from_bf16.std() > 1.0
+    assert max_pixel_diff(from_bf16, aligned_images([*common, f"model.weights={tmp_path / 'f32.safetensors'}"])) == 0
+
+
+@pytest.mark.parametrize("engine", ["torch", "paddle"])
+def test_a_weight_of_another_shape_stops_the_load_naming_it(checkpoints, tmp_path, engine):
+    """An inpainting-style UNet (9 input channels) under a 4-channel model config: one line, both shapes."""
+    from safetensors.numpy import load_file, save_file
+
+    from runner.app import load_pipeline
+
+    overrides, _, file = checkpoints("tiny_sd15")
+    tensors = load_file(str(file))
+    weight = tensors["model.diffusion_model.input_blocks.0.0.weight"]
+    tensors["model.diffusion_model.input_blocks.0.0.weight"] = np.concatenate([weight, weight[:, :1].repeat(5, 1)], 1)
+    save_file(tensors, str(tmp_path / "inpaint.safetensors"))
+    plan = plan_run(
+        compose_config([*overrides, f"backend={engine}", f"model.weights={tmp_path / 'inpaint.safetensors'}"])
+    )
+    with pytest.raises(ConfigError, match=r"unet weight 'conv_in.weight' has shape \[32, 9, 3, 3\] in the file but "
+                                          r"\[32, 4, 3, 3\] in the model config"):  # fmt: skip
+        load_pipeline(plan)

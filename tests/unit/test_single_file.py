@@ -26,19 +26,46 @@ def diffusers_names(model: str, role: str) -> list[str]:
 # Names in the released checkpoints (v1-5-pruned, v2-1_768-ema-pruned, sd_xl_base_1.0): diffusers' converter
 # accepts an upsampler at either slot of an output block, so where it sits is pinned here.
 KNOWN_NAMES = {
-    "sd15": {"unet": ["input_blocks.1.1.proj_in.weight", "input_blocks.3.0.op.weight", "output_blocks.2.1.conv.weight",
-                      "output_blocks.5.2.conv.weight", "output_blocks.8.2.conv.bias", "middle_block.2.emb_layers.1.weight",
-                      "input_blocks.4.0.skip_connection.weight", "out.2.weight", "time_embed.0.weight"],
-             "vae": ["decoder.up.0.block.0.nin_shortcut.weight", "decoder.up.3.upsample.conv.weight",
-                     "encoder.down.0.downsample.conv.weight", "encoder.mid.attn_1.q.weight", "decoder.norm_out.weight",
-                     "decoder.up.3.block.2.conv2.weight", "post_quant_conv.weight"]},
-    "sd21": {"unet": ["input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight", "output_blocks.11.1.proj_out.weight"],
-             "vae": ["encoder.mid.attn_1.proj_out.weight"]},
-    "sdxl": {"unet": ["label_emb.0.0.weight", "label_emb.0.2.bias", "input_blocks.7.1.transformer_blocks.9.attn2.to_k.weight",
-                      "input_blocks.6.0.op.weight", "output_blocks.2.2.conv.weight", "output_blocks.5.2.conv.weight",
-                      "output_blocks.8.0.out_layers.3.weight", "middle_block.1.transformer_blocks.9.ff.net.2.weight"],
-             "vae": ["decoder.up.1.upsample.conv.weight"]},
-}  # fmt: skip
+    "sd15": {
+        "unet": [
+            "input_blocks.1.1.proj_in.weight",
+            "input_blocks.3.0.op.weight",
+            "output_blocks.2.1.conv.weight",
+            "output_blocks.5.2.conv.weight",
+            "output_blocks.8.2.conv.bias",
+            "middle_block.2.emb_layers.1.weight",
+            "input_blocks.4.0.skip_connection.weight",
+            "out.2.weight",
+            "time_embed.0.weight",
+        ],
+        "vae": [
+            "decoder.up.0.block.0.nin_shortcut.weight",
+            "decoder.up.3.upsample.conv.weight",
+            "encoder.down.0.downsample.conv.weight",
+            "encoder.mid.attn_1.q.weight",
+            "decoder.norm_out.weight",
+            "decoder.up.3.block.2.conv2.weight",
+            "post_quant_conv.weight",
+        ],
+    },
+    "sd21": {
+        "unet": ["input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight", "output_blocks.11.1.proj_out.weight"],
+        "vae": ["encoder.mid.attn_1.proj_out.weight"],
+    },
+    "sdxl": {
+        "unet": [
+            "label_emb.0.0.weight",
+            "label_emb.0.2.bias",
+            "input_blocks.7.1.transformer_blocks.9.attn2.to_k.weight",
+            "input_blocks.6.0.op.weight",
+            "output_blocks.2.2.conv.weight",
+            "output_blocks.5.2.conv.weight",
+            "output_blocks.8.0.out_layers.3.weight",
+            "middle_block.1.transformer_blocks.9.ff.net.2.weight",
+        ],
+        "vae": ["decoder.up.1.upsample.conv.weight"],
+    },
+}
 
 
 @pytest.mark.parametrize("model", ["sd15", "sd21", "sdxl"])
@@ -68,8 +95,11 @@ def test_full_size_unet_and_vae_tables_agree_with_diffusers(model):
             assert float(theirs[name].reshape(-1)[0]) == float(ours[name].reshape(-1)[0]) == markers[name][0]
 
 
-@pytest.mark.parametrize("model,role,prefix", [("sd21", "text_encoder", "cond_stage_model.model."),
-                                               ("sdxl", "text_encoder_2", "conditioner.embedders.1.model.")])  # fmt: skip
+OPEN_CLIP_CASES = [("sd21", "text_encoder", "cond_stage_model.model."),
+                   ("sdxl", "text_encoder_2", "conditioner.embedders.1.model.")]  # fmt: skip
+
+
+@pytest.mark.parametrize("model,role,prefix", OPEN_CLIP_CASES)
 def test_open_clip_conversion_agrees_with_diffusers(model, role, prefix):
     """Fused in_proj split into q/k/v by the hidden width, the projection transposed, SD 2.x's unused last
     layer and projection dropped: as diffusers' convert_open_clip_checkpoint does."""
