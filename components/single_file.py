@@ -189,8 +189,9 @@ def convert_clip(tensors: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarra
     return out, ignored
 
 
-def convert_open_clip(tensors: Mapping[str, np.ndarray], config: Mapping[str, Any],
-                      projection: bool) -> tuple[dict[str, np.ndarray], list[str]]:  # fmt: skip
+def convert_open_clip(
+    tensors: Mapping[str, np.ndarray], config: Mapping[str, Any], projection: bool
+) -> tuple[dict[str, np.ndarray], list[str]]:
     """OpenCLIP's text tower -> CLIPTextModel(WithProjection) names, split q/k/v, transposed projection."""
     hidden, depth = int(config["hidden_size"]), int(config["num_hidden_layers"])
     fixed = {"token_embedding.weight": "text_model.embeddings.token_embedding.weight",
@@ -237,8 +238,7 @@ def component_state(path: Path, spec: ComponentSpec, layout_name: str) -> dict[s
     else:
         state, ignored = convert_open_clip(tensors, spec.config, spec.type == "clip_text_model_with_projection")
     if ignored:
-        log.debug("%s: %d tensor(s) under %s not used by %s, e.g. %s", path.name, len(ignored), where.prefix,
-                 spec.role, ignored[0])  # fmt: skip
+        log.debug("%s: %d unused tensor(s) under %s, e.g. %s", path.name, len(ignored), where.prefix, ignored[0])
     return state
 
 

@@ -147,12 +147,9 @@ def detect_layout(header: dict[str, dict[str, Any]]) -> str:
     return "unknown"
 
 
-def layout_title(name: str) -> str:
-    return LAYOUTS[name].title if name in LAYOUTS else OTHER_LAYOUTS.get(name, name)
-
-
-def check_single_file(path: Path, weights: str, model_name: str, layout_name: str | None,
-                      roles: list[str]) -> SingleFileLayout:  # fmt: skip
+def check_single_file(
+    path: Path, weights: str, model_name: str, layout_name: str | None, roles: list[str]
+) -> SingleFileLayout:
     """Check a single-file checkpoint for a model; return its layout.
 
     `layout_name` is the model YAML's `single_file` (None: the model loads from directories only); `roles`

@@ -64,8 +64,9 @@ def vae_to_original(state: dict[str, np.ndarray], config: dict[str, Any]) -> dic
     return out
 
 
-def open_clip_to_original(state: dict[str, np.ndarray], config: dict[str, Any], extra_layer: bool,
-                          rng: np.random.Generator) -> dict[str, np.ndarray]:  # fmt: skip
+def open_clip_to_original(
+    state: dict[str, np.ndarray], config: dict[str, Any], extra_layer: bool, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """CLIPTextModel(WithProjection) -> OpenCLIP names. extra_layer: add the last layer SD 2.x does not use
     (and a text projection its CLIPTextModel lacks)."""
     hidden, depth = config["hidden_size"], config["num_hidden_layers"]
