@@ -24,6 +24,7 @@ BUNDLED_PREFIX = "bundled:"
 # The trained pipelines shipped with the project: data beside the engine code (a checkout and an installed
 # wheel lay out runner/ and components/ side by side), found by path so that runner/ imports no engine code.
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "components" / "assets" / "models"
+TOKENIZERS_DIR = BUNDLED_DIR.parent / "tokenizers"
 
 
 def bundled_models() -> list[str]:
@@ -51,6 +52,7 @@ def check_weights(model: ModelSpec) -> tuple[Path | None, dict[str, Any]]:
     original layout (checked by its header: family and components; its pipeline config is empty, so the
     model YAML's defaults apply). Pickle checkpoints are refused. Raises ConfigError for anything else.
     """
+    check_tokenizer_assets(model)
     if model.uses_random_weights:
         return None, {}
     path = weights_path(model.weights)
@@ -70,6 +72,17 @@ def check_weights(model: ModelSpec) -> tuple[Path | None, dict[str, Any]]:
         check_single_file(path, model.weights, model.name, model.single_file, roles)
         return path, {}
     return path, check_weights_dir(model, path)
+
+
+def check_tokenizer_assets(model: ModelSpec) -> None:
+    """A tokenizer `asset` the model YAML names must be one the project ships."""
+    shipped = sorted(p.name for p in TOKENIZERS_DIR.iterdir() if p.is_dir())
+    for role, spec in model.components.items():
+        if spec.asset is not None and spec.asset not in shipped:
+            raise ConfigError(
+                f"model.components.{role}.asset={spec.asset!r} is not a bundled tokenizer; "
+                f"bundled: {', '.join(shipped)}"
+            )
 
 
 def check_weights_dir(model: ModelSpec, root: Path) -> dict[str, Any]:

@@ -260,3 +260,9 @@ def test_a_weight_of_another_shape_stops_the_load_naming_it(checkpoints, tmp_pat
     with pytest.raises(ConfigError, match=r"unet weight 'conv_in.weight' has shape \[32, 9, 3, 3\] in the file but "
                                           r"\[32, 4, 3, 3\] in the model config"):  # fmt: skip
         load_pipeline(plan)
+
+
+def test_an_unknown_tokenizer_asset_is_refused_at_planning():
+    with pytest.raises(ConfigError, match=r"^model.components.tokenizer.asset='clip_large' is not a bundled tokenizer; "
+                                          r"bundled: clip, clip_bpe, t5$"):  # fmt: skip
+        plan_run(compose_config(["model=tiny_sd15", "model.components.tokenizer.asset=clip_large"]))
