@@ -21,6 +21,7 @@ import numpy as np
 from components.host_memory import PeakRssSampler
 from components.loading import ComponentType, bundled_tokenizer
 from components.lora import LoraFile, LoraWeights, apply_loras, read_lora
+from components.single_file import component_state
 from components.step_timer import HostStepTimer
 from runner.errors import ConfigError
 from runner.registry import import_object
@@ -44,21 +45,26 @@ class EngineBase(abc.ABC):
         return self
 
     # ----------------------------------------------------------------- components
-    def load_component(self, spec: ComponentSpec, weights_dir: str | None, *, seed: int) -> Any:
-        """Load `spec` from its folder in `weights_dir`, or build it with random weights when None.
+    def load_component(
+        self, spec: ComponentSpec, weights: str | None, *, seed: int, single_file: str | None = None
+    ) -> Any:
+        """Load `spec` from its folder in the pipeline directory `weights`, from the single-file checkpoint
+        `weights` (`single_file`: its layout, runner/single_file.py), or with random weights when None.
 
         Random weights are seeded per component role, so adding a component never changes the others.
         """
         ctype = self.component_type(spec.type)
         cls = import_object(ctype.cls)
         if ctype.kind == "tokenizer":
-            return self._load_tokenizer(ctype, cls, spec, weights_dir)
-        if weights_dir is None:
+            return self._load_tokenizer(ctype, cls, spec, None if single_file else weights)
+        if weights is None:
             self._manual_seed(component_seed(seed, spec.role))
             with self._building_dtype():
                 module = self._construct(ctype, cls, spec.config)
+        elif single_file:
+            module = self._from_single_file(ctype, cls, spec, Path(weights), single_file)
         else:
-            module = self._from_pretrained(ctype, cls, Path(weights_dir) / spec.path)
+            module = self._from_pretrained(ctype, cls, Path(weights) / spec.path)
         return self._place(module)
 
     @staticmethod
@@ -66,8 +72,10 @@ class EngineBase(abc.ABC):
         # The model YAML's max_length (conf/family/*.yaml) where the tokenizer's own files do not say.
         limit = {} if spec.max_length is None else {"model_max_length": spec.max_length}
         if weights_dir is None:
-            folder = bundled_tokenizer(ctype.asset or "")
-            return cls.from_pretrained(str(folder), **limit)
+            # Weights that carry no tokenizer (random, a single file): the bundled one the model YAML names.
+            folder = bundled_tokenizer(spec.asset or ctype.asset or "")
+            pad = {} if spec.pad_token is None else {"pad_token": spec.pad_token}
+            return cls.from_pretrained(str(folder), **limit, **pad)
         folder = Path(weights_dir) / spec.path
         if ctype.vocab_file and (folder / ctype.vocab_file).is_file():
             config_path = folder / "tokenizer_config.json"
@@ -91,6 +99,26 @@ class EngineBase(abc.ABC):
     @abc.abstractmethod
     def _from_pretrained(self, ctype: ComponentType, cls: Any, folder: Path) -> Any:
         """Load a model from a component folder (either framework's weight layout)."""
+
+    def _from_single_file(self, ctype: ComponentType, cls: Any, spec: ComponentSpec, path: Path, layout: str) -> Any:
+        """Build the model from the YAML architecture and fill it with its converted weights from the file.
+
+        In memory: nothing is written next to the file. Parameters are created in the run's dtype (as with
+        random weights) and the file's values copied into them, cast as `from_pretrained` casts them.
+        """
+        state = component_state(path, spec, layout)
+        with self._building_dtype():
+            module = self._construct_to_load(ctype, cls, spec.config)
+        return self._load_state(module, state, path, spec.role)
+
+    def _construct_to_load(self, ctype: ComponentType, cls: Any, config: Mapping[str, Any]) -> Any:
+        """Build a model that weights are loaded into, set up as `from_pretrained` sets it up."""
+        return self._construct(ctype, cls, config)
+
+    @abc.abstractmethod
+    def _load_state(self, module: Any, state: dict[str, np.ndarray], path: Path, role: str) -> Any:
+        """Copy PyTorch-layout NumPy weights (diffusers / transformers names) into a built module; return it.
+        Raises ConfigError (components/single_file.check_state) when names or shapes do not match."""
 
     @abc.abstractmethod
     def _manual_seed(self, seed: int) -> None: ...

@@ -22,8 +22,9 @@ class ComponentType:
     """How one component type is made on one engine.
 
     kind: "model" (diffusers-style `from_config` / `from_pretrained`), "text_model" (transformers-style:
-    `Class(ConfigClass(**config))`), "tokenizer" (files only; with random weights the bundled tokenizer
-    named by `asset` is used).
+    `Class(ConfigClass(**config))`), "tokenizer" (files only; with weights that carry none, random weights
+    or a single-file checkpoint, the bundled tokenizer the model YAML names is used, else the one named by
+    `asset`).
     """
 
     kind: str
@@ -38,11 +39,13 @@ class ComponentType:
 
 
 def bundled_tokenizer(asset: str) -> Path:
-    """Folder of a small tokenizer shipped with the project, used with `weights=random`.
+    """Folder of a tokenizer shipped with the project, for weights that carry none.
 
-    Real checkpoints carry their own tokenizer; random weights only need token ids of the right
-    sequence length, so a ~700-token BPE vocabulary (CLIP) or a ~220-id sentencepiece model (T5)
-    stands in for the 49k / 32k vocabularies, which cannot be downloaded here.
+    Pipeline directories carry their own tokenizer. Random weights only need token ids of the right
+    sequence length, so the tiny models use a ~700-token BPE vocabulary (`clip`) or a ~220-id
+    sentencepiece model (`t5`); the full-size SD 1.x / 2.x / XL configs, whose single-file checkpoints
+    carry no tokenizer, name the full CLIP vocabulary (`clip_bpe`, 49408 tokens, derived from OpenAI's
+    BPE file by scripts/make_clip_bpe_tokenizer.py).
     """
     path = ASSETS / "tokenizers" / asset
     if not path.is_dir():

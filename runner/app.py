@@ -87,11 +87,12 @@ def create_engine(plan: RunPlan, backend: Any | None = None) -> Any:
 
 
 def load_components(plan: RunPlan, engine: Any) -> dict[str, Any]:
-    """Every model component plus the scheduler, from the weights directory or at random."""
+    """Every model component plus the scheduler, from the weights directory or single file, or at random."""
     scheduler = make_checked_scheduler(plan.scheduler, plan.settings.steps, engine)
-    weights = str(plan.weights_dir) if plan.weights_dir else None
+    weights = str(plan.weights_path) if plan.weights_path else None
+    single_file = plan.model.single_file if plan.weights_path and plan.weights_path.is_file() else None
     components = {
-        role: engine.load_component(spec, weights, seed=plan.model.init_seed)
+        role: engine.load_component(spec, weights, seed=plan.model.init_seed, single_file=single_file)
         for role, spec in plan.model.components.items()
     }
     components["scheduler"] = scheduler

@@ -1,7 +1,7 @@
 """Turn a composed config into a checked plan, before any weights load.
 
 Order of checks (cheapest first, engines imported last): run values, scheduler against the model
-family, the weights directory, the stage graph, then the backend's capabilities on this machine and
+family, the weights (directory or single file), the stage graph, then the backend's capabilities on this machine and
 the precision on its device. Every failure is a one-line ConfigError / CapabilityError.
 """
 
@@ -32,7 +32,7 @@ from runner.schema import (
     parse_settings,
     to_plain,
 )
-from runner.weights import check_weights_dir
+from runner.weights import check_weights
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class RunPlan:
     scheduler: SchedulerChoice
     backend: BackendSpec
     precision: PrecisionSpec
-    weights_dir: Path | None
+    weights_path: Path | None  # a pipeline directory or a single-file checkpoint; None: random weights
     pipeline_config: Mapping[str, Any]
     stages: tuple[Stage, ...]
     passes: tuple[PassChoice, ...]
@@ -61,8 +61,8 @@ def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan
     model = parse_model(cfg["model"])
     settings = parse_settings(cfg, model)
     loras = parse_loras(cfg.get("loras"))
-    weights_dir, pipeline_config = check_weights_dir(model)
-    scheduler = choose_scheduler(parse_scheduler(cfg["scheduler"]), model, weights_dir)
+    weights_path, pipeline_config = check_weights(model)
+    scheduler = choose_scheduler(parse_scheduler(cfg["scheduler"]), model, weights_path)
     stages = build_graph(model.stages, [*model.components, "scheduler"])
     check_settings(settings, model, stages, guidance_given=cfg.get("guidance") is not None)
     backend = parse_backend(cfg["backend"])
@@ -73,7 +73,7 @@ def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan
         scheduler=scheduler,
         backend=backend,
         precision=precision,
-        weights_dir=weights_dir,
+        weights_path=weights_path,
         pipeline_config=pipeline_config,
         stages=tuple(stages),
         passes=plan_passes(to_plain(cfg.get("passes")), backend.engine),
@@ -105,7 +105,7 @@ def describe_plan(plan: RunPlan) -> dict[str, Any]:
     s = plan.settings
     return {
         "model": plan.model.name,
-        "weights": str(plan.weights_dir) if plan.weights_dir else "random",
+        "weights": str(plan.weights_path) if plan.weights_path else "random",
         "backend": plan.backend.name,
         "device": plan.device,
         "precision": plan.precision.name,

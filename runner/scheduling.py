@@ -27,11 +27,11 @@ class SchedulerChoice:
     config: dict[str, Any]
 
 
-def choose_scheduler(choice: Any, model: ModelSpec, weights_dir: Path | None) -> SchedulerChoice:
+def choose_scheduler(choice: Any, model: ModelSpec, weights: Path | None) -> SchedulerChoice:
     """The scheduler class and config: the directory's (or model's) own by default, else the chosen
     class configured from the directory's (or model's) scheduler config, as users swap samplers with
     `Class.from_config(pipe.scheduler.config)`."""
-    base = scheduler_config_from(weights_dir, model)
+    base = scheduler_config_from(weights, model)
     if choice.name == "default":
         return SchedulerChoice("default", base.get("_class_name") or model.scheduler_class, base)
     if choice.kind != model.scheduler_kind:

@@ -24,6 +24,7 @@ from omegaconf import MISSING
 import runner.registry as registry
 from runner.conf_index import config_groups
 from runner.errors import ConfigError
+from runner.single_file import LAYOUTS
 from runner.typed import to_plain, typed
 
 NOISE_SOURCES = ("engine", "numpy")
@@ -96,6 +97,10 @@ class ComponentConfig:
     path: str | None = None  # its folder in a weights directory; None: the role's name
     config: dict[str, Any] = field(default_factory=dict)  # architecture, for random weights
     max_length: int | None = None  # tokenizers: the token limit
+    # Tokenizers, for weights that carry none (random weights, a single-file checkpoint): the bundled tokenizer
+    # (components/assets/tokenizers/<asset>) and its padding token. None: the engine's default asset / its own pad.
+    asset: str | None = None
+    pad_token: str | None = None
 
 
 @dataclass
@@ -117,10 +122,13 @@ class ModelConfig:
     scheduler: ModelSchedulerConfig = field(default_factory=ModelSchedulerConfig)
     components: dict[str, ComponentConfig] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)  # {name, type, parameters...}, checked by the graph
-    weights: str = "random"  # a local diffusers-layout directory, bundled:NAME (shipped), or random weights
+    weights: str = "random"  # a diffusers-layout directory, a .safetensors single file, bundled:NAME, or random
     init_seed: int = 0  # seed of the random weights (weights=random); the run seed only draws noise
     guidance_used: bool = True  # False: the denoiser takes no guidance scale (a guidance= given is ignored)
     max_sequence_length: int | None = None  # T5 tokens, for models with a T5 encoder
+    # The original checkpoint layout a single .safetensors file of this model has (runner/single_file.py:
+    # sd1, sd2, sdxl); None: the model loads from pipeline directories only.
+    single_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +140,8 @@ class ComponentSpec:
     path: str
     config: dict[str, Any]
     max_length: int | None
+    asset: str | None = None
+    pad_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +167,7 @@ class ModelSpec:
     guidance_used: bool
     init_seed: int
     max_sequence_length: int | None
+    single_file: str | None = None
 
     @property
     def uses_random_weights(self) -> bool:
@@ -278,9 +289,19 @@ def _name_of(node: Any) -> Any:
 def parse_model(node: Any) -> ModelSpec:
     m = typed(ModelConfig, node, "model", owner=f"model={_name_of(node)}")
     components = {
-        role: ComponentSpec(role=role, type=c.type, path=c.path or role, config=c.config, max_length=c.max_length)
+        role: ComponentSpec(
+            role=role,
+            type=c.type,
+            path=c.path or role,
+            config=c.config,
+            max_length=c.max_length,
+            asset=c.asset,
+            pad_token=c.pad_token,
+        )  # fmt: skip
         for role, c in m.components.items()
     }
+    if m.single_file is not None and m.single_file not in LAYOUTS:
+        raise ConfigError(f"model={m.name}: single_file={m.single_file!r} is not one of {', '.join(LAYOUTS)} (or null)")
     stages = []
     for i, stage in enumerate(m.stages):
         params = dict(stage)
@@ -303,6 +324,7 @@ def parse_model(node: Any) -> ModelSpec:
         guidance_used=m.guidance_used,
         init_seed=m.init_seed,
         max_sequence_length=m.max_sequence_length,
+        single_file=m.single_file,
     )
 
 

@@ -12,7 +12,8 @@ import numpy as np
 from components.engine_base import EngineBase
 from components.loading import ComponentType, folder_is_torch_format
 from components.paddle.runtime import cpu_threads, import_paddle, import_ppdiffusers
-from components.paddle.torch_weights import load_torch_layout_text_model
+from components.paddle.torch_weights import load_torch_layout_text_model, rename_torch_text_state
+from components.single_file import check_state
 from runner.registry import import_object
 
 paddle = import_paddle()
@@ -62,6 +63,24 @@ class PaddleEngine(EngineBase):
         if ctype.kind == "text_model" and torch_layout:
             return load_torch_layout_text_model(cls, folder)
         return cls.from_pretrained(str(folder), from_diffusers=torch_layout, paddle_dtype=self.dtype_name)
+
+    def _load_state(self, module: Any, state: dict[str, np.ndarray], path: Path, role: str) -> Any:
+        # The PyTorch-layout names and shapes go through the conversions directories use: ppdiffusers' own for
+        # its models (Linear weights transposed), paddlenlp's name mappings for text encoders.
+        state = dict(state)
+        if isinstance(module, ppdiffusers.ModelMixin):
+            from ppdiffusers.models.modeling_pytorch_paddle_utils import convert_pytorch_state_dict_to_paddle
+
+            state = convert_pytorch_state_dict_to_paddle(module, state)
+        else:
+            state = rename_torch_text_state(type(module), module.config, state)
+        params = module.state_dict()
+        check_state({k: tuple(v.shape) for k, v in params.items()}, state, path, role)
+        with paddle.no_grad():
+            for key, array in state.items():  # one converted weight at a time beside the module
+                target = params[key]
+                target.set_value(paddle.to_tensor(np.ascontiguousarray(array)).cast(target.dtype))
+        return module
 
     def _manual_seed(self, seed: int) -> None:
         paddle.seed(seed)

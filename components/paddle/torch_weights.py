@@ -29,6 +29,15 @@ def weight_files(folder: Path) -> list[Path]:
     raise ConfigError(f"{folder} has no model.safetensors, pytorch_model.bin or a sharded index of either")
 
 
+def rename_torch_text_state(cls: Any, config: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """PyTorch-layout (transformers) text-model weights renamed and transposed for the Paddle class `cls`, in
+    place, by paddlenlp's name mappings; names no mapping covers stay as they are."""
+    for mapping in cls._get_name_mappings(config):
+        if mapping.source_name in state:
+            state[mapping.target_name] = mapping.run(state, mapping.source_name)
+    return state
+
+
 def load_torch_layout_text_model(cls: Any, folder: Path) -> Any:
     """Build `cls` from the folder's config.json and fill it with the converted PyTorch weights."""
     from paddlenlp.transformers.model_utils import no_init_weights
@@ -38,9 +47,7 @@ def load_torch_layout_text_model(cls: Any, folder: Path) -> Any:
     state: dict[str, Any] = {}
     for path in weight_files(folder):
         state.update(load_torch(str(path)))
-    for mapping in cls._get_name_mappings(config):
-        if mapping.source_name in state:
-            state[mapping.target_name] = mapping.run(state, mapping.source_name)
+    rename_torch_text_state(cls, config, state)
     with no_init_weights(_enable=True):
         model = cls(config)
     params = model.state_dict()

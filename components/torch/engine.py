@@ -11,8 +11,10 @@ import numpy as np
 
 from components.engine_base import EngineBase
 from components.loading import ComponentType, folder_is_torch_format
+from components.single_file import check_state
 from components.torch.runtime import import_diffusers, import_torch, transformers_major
 from runner.errors import ConfigError
+from runner.registry import import_object
 
 torch = import_torch()
 diffusers = import_diffusers()
@@ -91,6 +93,22 @@ class TorchEngine(EngineBase):
         # transformers 5 renamed torch_dtype to dtype; diffusers kept torch_dtype.
         key = "dtype" if ctype.kind == "text_model" and transformers_major() >= 5 else "torch_dtype"
         return cls.from_pretrained(str(folder), **{key: self.dtype})
+
+    def _construct_to_load(self, ctype: ComponentType, cls: Any, config: Mapping[str, Any]) -> Any:
+        if ctype.kind == "text_model":
+            # As from_pretrained builds it: _from_config picks the attention implementation (SDPA where available)
+            # that a directory's encoder gets; the plain constructor keeps eager attention, a last-bit difference.
+            return cls._from_config(import_object(ctype.config_cls)(**config))
+        return super()._construct_to_load(ctype, cls, config)
+
+    def _load_state(self, module: Any, state: dict[str, np.ndarray], path: Path, role: str) -> Any:
+        # Tensor by tensor: only one converted weight exists beside the module at a time (copy_ casts it).
+        params = module.state_dict(keep_vars=True)
+        check_state({k: tuple(v.shape) for k, v in params.items()}, state, path, role)
+        with torch.no_grad():
+            for key, array in state.items():
+                params[key].copy_(torch.from_numpy(np.array(array)))  # np.array: a writable copy of the mapped file
+        return module
 
     def _manual_seed(self, seed: int) -> None:
         torch.manual_seed(seed)

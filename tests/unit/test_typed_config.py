@@ -73,7 +73,10 @@ def test_default_pass_list_gets_the_same_option_defaults_as_the_named_files():
             ["passes=rope_cache", "+passes.rope_cache.sise=3"],
             r"^pass rope_cache has no option 'sise'; it accepts: size$",
         ),
-        (["+model.components.unet.typ=x"], r"^model.components.unet has no option 'typ'; it accepts: config, max_len"),
+        (
+            ["+model.components.unet.typ=x"],
+            r"^model.components.unet has no option 'typ'; it accepts: asset, config, max_len",
+        ),
         (["model.run_defaults.steps=many"], r"^model.run_defaults.steps='many' must be an integer$"),
         (["precision.dtype=int8"], r"^precision.dtype='int8' is not one of float32, float16, bfloat16$"),
         (["scheduler=euler", "+scheduler.colour=red"], r"^scheduler=euler has no option 'colour'; it accepts: class"),
