@@ -25,7 +25,6 @@ import functools
 import json
 import math
 import re
-import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +32,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from components.single_file import read_tensors
 from runner.errors import ConfigError
+from runner.single_file import PICKLE_SUFFIXES, read_header
 
 ORIGINALS_ATTRIBUTE = "_runner_lora_originals"  # component.__dict__ entry: module name -> host copy of its weight
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 SHOWN = 5  # unknown names listed in an error
-
-_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
 
 # kohya prefixes -> component role; "denoiser" is the model's unet or transformer.
 KOHYA_ROLES = {
@@ -125,34 +123,10 @@ class LoraWeights(Protocol):
 # ------------------------------------------------------------------------------------------------ reading
 def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Every tensor of a safetensors file as numpy (bf16 widened to float32 exactly: numpy has no bf16), and
-    the file's metadata."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError("shorter than a safetensors header")
-        (length,) = struct.unpack("<Q", head)
-        if length > 100_000_000:
-            raise ValueError(f"header length {length} is not plausible")
-        header = json.loads(f.read(length))
-        data = f.read()
-    tensors = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        raw = data[start:end]
-        if len(raw) != end - start:
-            raise ValueError(f"tensor {key!r} runs past the end of the file")
-        dtype, shape = info["dtype"], tuple(info["shape"])
-        if dtype == "BF16":
-            array = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-        elif dtype in _DTYPES:
-            array = np.frombuffer(raw, dtype=np.dtype(_DTYPES[dtype]).newbyteorder("<"))
-        else:
-            raise ValueError(f"tensor {key!r} has dtype {dtype}, which LoRA weights do not use")
-        tensors[key] = array.reshape(shape)
-    metadata = header.get("__metadata__") or {}
-    return tensors, {str(k): str(v) for k, v in metadata.items()}
+    the file's metadata. ValueError / ConfigError for a file that is not a complete safetensors file."""
+    metadata: dict[str, str] = {}
+    read_header(path, metadata)
+    return read_tensors(path, ""), metadata
 
 
 def _split_key(key: str, suffixes: Mapping[str, str]) -> tuple[str, str] | None:

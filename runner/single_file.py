@@ -85,8 +85,9 @@ DIFFUSERS_ROOTS = ("down_blocks.", "conv_in.", "transformer_blocks.", "text_mode
                    "x_embedder.", "context_embedder.", "shared.", "encoder.block.")  # fmt: skip
 
 
-def read_header(path: Path) -> dict[str, dict[str, Any]]:
-    """The tensor entries of a safetensors header (name -> dtype, shape, data_offsets), checked for sense.
+def read_header(path: Path, metadata: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """The tensor entries of a safetensors header (name -> dtype, shape, data_offsets), checked for sense;
+    the file's own metadata (string pairs) goes into `metadata` when given.
 
     Raises ValueError (the reason) for a file that is not a complete safetensors file.
     """
@@ -104,7 +105,9 @@ def read_header(path: Path) -> dict[str, dict[str, Any]]:
             raise ValueError(f"its header is not JSON ({exc})") from None
     if not isinstance(header, dict):
         raise ValueError("its header is not a JSON object")
-    header.pop("__metadata__", None)
+    own = header.pop("__metadata__", None)
+    if metadata is not None and isinstance(own, dict):
+        metadata.update({str(k): str(v) for k, v in own.items()})
     data_size = size - 8 - length
     for name, entry in header.items():
         try:
