@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.cases import names
 
@@ -14,6 +15,34 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest_plugins = ["tests.support.ray_cluster"]  # the ray_cluster fixture (Ray Serve and batch worker tests)
 
 TINY_MODELS = tuple(names())  # every tiny model config: the rows of tests/support/cases.py
+
+# Engine markers (listed in pyproject.toml), applied at collection by one rule: a test parametrized with a
+# Paddle-engine backend or engine (a parameter named backend, engine or engine_name whose value is `paddle` or
+# a conf/backend/*.yaml with `engine: paddle`) is marked `paddle`; modules that use Paddle throughout set
+# `pytestmark = pytest.mark.paddle`, tests that use it once carry the marker themselves. Nothing is skipped:
+# an environment without the paddle extra deselects them with -m "not paddle" (pytest counts them as
+# deselected), and a Paddle test that lacks the marker fails there instead of passing unnoticed.
+ENGINE_PARAMETERS = ("backend", "engine", "engine_name")
+BACKEND_DIR = Path(__file__).resolve().parents[1] / "conf" / "backend"
+
+
+def _paddle_backends() -> frozenset[str]:
+    found = {"paddle"}
+    for path in BACKEND_DIR.glob("*.yaml"):
+        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if spec.get("engine") == "paddle" or path.stem.startswith("paddle"):
+            found.add(path.stem)
+    return frozenset(found)
+
+
+PADDLE_BACKENDS = _paddle_backends()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if any(params.get(name) in PADDLE_BACKENDS for name in ENGINE_PARAMETERS):
+            item.add_marker(pytest.mark.paddle)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from components.engine_base import EngineBase
 from components.loading import ComponentType, folder_is_torch_format
 from components.paddle.runtime import cpu_threads, import_paddle, import_ppdiffusers
 from components.paddle.torch_weights import load_torch_layout_text_model
+from runner.errors import ConfigError
 from runner.registry import import_object
 
 paddle = import_paddle()
@@ -41,6 +43,52 @@ COMPONENT_TYPES: dict[str, ComponentType] = {
 SCHEDULER_OVERRIDES = {
     "FlowMatchEulerDiscreteScheduler": "components.paddle.schedulers:FlowMatchEulerDiscreteScheduler",
 }
+
+
+# Scheduler options of newer diffusers (saved in every scheduler_config.json they write) that ppdiffusers 0.29's
+# classes lack, with the value that leaves the sampler as it was: the behaviour those classes have. from_config
+# would drop any key its class lacks without a word, so an option set otherwise would change nothing here while
+# it changes diffusers' schedule; check_scheduler_options refuses that instead.
+NEUTRAL_SCHEDULER_OPTIONS: dict[str, Any] = {
+    "use_karras_sigmas": False,
+    "use_exponential_sigmas": False,
+    "use_beta_sigmas": False,
+    "use_flow_sigmas": False,
+    "use_dynamic_shifting": False,
+    "time_shift_type": "exponential",
+    "shift_terminal": None,
+    "invert_sigmas": False,
+    "stochastic_sampling": False,
+    "rescale_betas_zero_snr": False,
+    "final_sigmas_type": "zero",
+    "sigma_min": None,
+    "sigma_max": None,
+}
+# Options that only matter when another one is on (flow_shift: with use_flow_sigmas).
+SCHEDULER_OPTIONS_USED_WITH = {"flow_shift": "use_flow_sigmas"}
+
+
+def check_scheduler_options(cls: Any, config: Mapping[str, Any]) -> None:
+    """Refuse, in one line, a scheduler config whose options the Paddle class lacks and would silently drop
+    while they change the schedule. Keys the class lacks are accepted when set to the value that changes
+    nothing (NEUTRAL_SCHEDULER_OPTIONS), when off (None or False: an opt-in feature of a newer release), or
+    when they only matter beside an option that is off."""
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    changing = []
+    for key, value in config.items():
+        if key.startswith("_") or key in accepted:
+            continue
+        if key in SCHEDULER_OPTIONS_USED_WITH and not config.get(SCHEDULER_OPTIONS_USED_WITH[key]):
+            continue
+        neutral = NEUTRAL_SCHEDULER_OPTIONS.get(key)
+        if value == neutral or (key not in NEUTRAL_SCHEDULER_OPTIONS and value in (None, False)):
+            continue
+        changing.append(f"{key}={value!r}")
+    if changing:
+        raise ConfigError(
+            f"scheduler config sets {', '.join(changing)}, which ppdiffusers {ppdiffusers.__version__}'s "
+            f"{cls.__name__} does not have: the Paddle engine cannot follow that schedule (the torch engine can)"
+        )
 
 
 class PaddleEngine(EngineBase):
@@ -86,6 +134,7 @@ class PaddleEngine(EngineBase):
     def make_scheduler(self, class_name: str, config: Mapping[str, Any]) -> Any:
         override = SCHEDULER_OVERRIDES.get(class_name)
         cls = import_object(override) if override else getattr(ppdiffusers, class_name)
+        check_scheduler_options(cls, config)
         return cls.from_config(dict(config))
 
     # ----------------------------------------------------------------- tensors
