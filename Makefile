@@ -5,7 +5,18 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= paddle,torch,cpu,serve,ray,dev
 
-.PHONY: setup run test lint clean
+# A second environment: the torch extra alone, unconstrained, so pip takes the newest diffusers and
+# transformers (and torch); `make test-latest` runs the PyTorch engine's tests there. The Paddle engine's
+# tests are deselected with the `paddle` marker (tests/conftest.py applies it), the HTTP service's, Ray's and
+# the CPU runtimes' (extras this environment lacks) by leaving their files out. Remove .venv-latest to pick up
+# newer releases.
+LATEST_VENV := .venv-latest
+LATEST_BIN := $(LATEST_VENV)/bin
+LATEST_STAMP := $(LATEST_VENV)/.installed
+LATEST_TESTS ?= tests/unit tests/conf tests/e2e --ignore=tests/e2e/test_cpu_backends.py --ignore=tests/e2e/test_ray_batch.py
+LATEST_MARKERS ?= not slow and not paddle
+
+.PHONY: setup run test test-latest lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,9 +31,18 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+$(LATEST_STAMP): pyproject.toml
+	test -x $(LATEST_BIN)/python || $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_BIN)/python -m pip install --quiet -e '.[torch,dev]'
+	touch $(LATEST_STAMP)
+
+test-latest: $(LATEST_STAMP)
+	$(LATEST_BIN)/python -c 'import diffusers, transformers, torch; print("diffusers", diffusers.__version__, "transformers", transformers.__version__, "torch", torch.__version__)'
+	$(LATEST_BIN)/python -m pytest -q -m '$(LATEST_MARKERS)' $(LATEST_TESTS) $(PYTEST_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) outputs/runs outputs/sweeps
+	rm -rf $(VENV) $(LATEST_VENV) outputs/runs outputs/sweeps

@@ -107,7 +107,11 @@ def main() -> None:
     for model in names():
         write_model(model, out, shared)
     write_flow_match(out)
-    versions = {"diffusers": diffusers.__version__, "transformers": transformers.__version__, "torch": torch.__version__}
+    versions = {
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+    }
     (out / "versions.json").write_text(json.dumps(versions, indent=1) + "\n")
     print(f"wrote {out} ({versions})")
 

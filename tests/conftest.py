@@ -16,13 +16,15 @@ pytest_plugins = ["tests.support.ray_cluster"]  # the ray_cluster fixture (Ray S
 
 TINY_MODELS = tuple(names())  # every tiny model config: the rows of tests/support/cases.py
 
-# Engine markers (listed in pyproject.toml), applied at collection by one rule: a test parametrized with a
-# Paddle-engine backend or engine (a parameter named backend, engine or engine_name whose value is `paddle` or
-# a conf/backend/*.yaml with `engine: paddle`) is marked `paddle`; modules that use Paddle throughout set
-# `pytestmark = pytest.mark.paddle`, tests that use it once carry the marker themselves. Nothing is skipped:
-# an environment without the paddle extra deselects them with -m "not paddle" (pytest counts them as
-# deselected), and a Paddle test that lacks the marker fails there instead of passing unnoticed.
-ENGINE_PARAMETERS = ("backend", "engine", "engine_name")
+# The `paddle` marker (pyproject.toml) says a test needs the Paddle engine (the paddle extra). One rule applies
+# it at collection: a test parametrized with a Paddle backend, engine or framework (a parameter named backend,
+# engine, engine_name or framework whose value is `paddle` or a conf/backend/*.yaml of the paddle engine), or
+# using a Paddle fixture (PADDLE_FIXTURES), is marked; other tests that use Paddle carry the marker themselves
+# (modules that use it throughout set `pytestmark`). Nothing is skipped: an environment without the paddle
+# extra deselects them with -m "not paddle" (pytest counts them as deselected), and a Paddle test that lacks the
+# marker fails there instead of passing unnoticed.
+ENGINE_PARAMETERS = ("backend", "engine", "engine_name", "framework")
+PADDLE_FIXTURES = ("paddle", "paddle_layout_weights")
 BACKEND_DIR = Path(__file__).resolve().parents[1] / "conf" / "backend"
 
 
@@ -41,7 +43,8 @@ PADDLE_BACKENDS = _paddle_backends()
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if any(params.get(name) in PADDLE_BACKENDS for name in ENGINE_PARAMETERS):
+        uses_fixture = any(name in PADDLE_FIXTURES for name in getattr(item, "fixturenames", ()))
+        if uses_fixture or any(params.get(name) in PADDLE_BACKENDS for name in ENGINE_PARAMETERS):
             item.add_marker(pytest.mark.paddle)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,49 +44,34 @@ SCHEDULER_OVERRIDES = {
 }
 
 
-# Scheduler options of newer diffusers (saved in every scheduler_config.json they write) that ppdiffusers 0.29's
-# classes lack, with the value that leaves the sampler as it was: the behaviour those classes have. from_config
-# would drop any key its class lacks without a word, so an option set otherwise would change nothing here while
-# it changes diffusers' schedule; check_scheduler_options refuses that instead.
-NEUTRAL_SCHEDULER_OPTIONS: dict[str, Any] = {
-    "use_karras_sigmas": False,
-    "use_exponential_sigmas": False,
-    "use_beta_sigmas": False,
-    "use_flow_sigmas": False,
-    "use_dynamic_shifting": False,
-    "time_shift_type": "exponential",
-    "shift_terminal": None,
-    "invert_sigmas": False,
-    "stochastic_sampling": False,
-    "rescale_betas_zero_snr": False,
-    "final_sigmas_type": "zero",
-    "sigma_min": None,
-    "sigma_max": None,
-}
-# Options that only matter when another one is on (flow_shift: with use_flow_sigmas).
-SCHEDULER_OPTIONS_USED_WITH = {"flow_shift": "use_flow_sigmas"}
+# Options of diffusers' schedulers (0.42, saved in every scheduler_config.json they write) that ppdiffusers
+# 0.29's class of the same name lacks, with the value that leaves the schedule as that class computes it.
+# from_config drops a key its class lacks without a word, so an option set otherwise would change diffusers'
+# schedule and nothing here; check_scheduler_options refuses that. Keys neither library's class has (leftovers
+# of another sampler's config, such as PNDM's skip_prk_steps under DDIM) are dropped by both, as before.
+# The FlowMatchEuler port follows time_shift_type, shift_terminal and invert_sigmas itself.
+_SIGMA_SCHEDULES = {"use_exponential_sigmas": False, "use_beta_sigmas": False}
+_FLOW_OPTIONS = {"use_flow_sigmas": False, "use_dynamic_shifting": False, "rescale_betas_zero_snr": False}
+OPTIONS_PPDIFFUSERS_LACKS: dict[str, dict[str, Any]] = {
+    "EulerDiscreteScheduler": {**_SIGMA_SCHEDULES, "rescale_betas_zero_snr": False},
+    "EulerAncestralDiscreteScheduler": {"rescale_betas_zero_snr": False},
+    "HeunDiscreteScheduler": dict(_SIGMA_SCHEDULES),
+    "DPMSolverMultistepScheduler": {**_SIGMA_SCHEDULES, **_FLOW_OPTIONS},
+    "UniPCMultistepScheduler": {**_SIGMA_SCHEDULES, **_FLOW_OPTIONS, "sigma_min": None, "sigma_max": None,
+                                "shift_terminal": None},
+    "FlowMatchEulerDiscreteScheduler": {**_SIGMA_SCHEDULES, "use_karras_sigmas": False, "stochastic_sampling": False},
+}  # fmt: skip
 
 
-def check_scheduler_options(cls: Any, config: Mapping[str, Any]) -> None:
-    """Refuse, in one line, a scheduler config whose options the Paddle class lacks and would silently drop
-    while they change the schedule. Keys the class lacks are accepted when set to the value that changes
-    nothing (NEUTRAL_SCHEDULER_OPTIONS), when off (None or False: an opt-in feature of a newer release), or
-    when they only matter beside an option that is off."""
-    accepted = set(inspect.signature(cls.__init__).parameters)
-    changing = []
-    for key, value in config.items():
-        if key.startswith("_") or key in accepted:
-            continue
-        if key in SCHEDULER_OPTIONS_USED_WITH and not config.get(SCHEDULER_OPTIONS_USED_WITH[key]):
-            continue
-        neutral = NEUTRAL_SCHEDULER_OPTIONS.get(key)
-        if value == neutral or (key not in NEUTRAL_SCHEDULER_OPTIONS and value in (None, False)):
-            continue
-        changing.append(f"{key}={value!r}")
+def check_scheduler_options(class_name: str, config: Mapping[str, Any]) -> None:
+    """Refuse, in one line, a scheduler config that sets an option of diffusers' class which the Paddle class
+    lacks (and would silently drop) to a value that changes the schedule."""
+    lacking = OPTIONS_PPDIFFUSERS_LACKS.get(class_name, {})
+    changing = [f"{key}={config[key]!r}" for key, neutral in lacking.items() if config.get(key, neutral) != neutral]
     if changing:
         raise ConfigError(
             f"scheduler config sets {', '.join(changing)}, which ppdiffusers {ppdiffusers.__version__}'s "
-            f"{cls.__name__} does not have: the Paddle engine cannot follow that schedule (the torch engine can)"
+            f"{class_name} does not have: the Paddle engine cannot follow that schedule (the torch engine can)"
         )
 
 
@@ -134,7 +118,7 @@ class PaddleEngine(EngineBase):
     def make_scheduler(self, class_name: str, config: Mapping[str, Any]) -> Any:
         override = SCHEDULER_OVERRIDES.get(class_name)
         cls = import_object(override) if override else getattr(ppdiffusers, class_name)
-        check_scheduler_options(cls, config)
+        check_scheduler_options(class_name, config)
         return cls.from_config(dict(config))
 
     # ----------------------------------------------------------------- tensors

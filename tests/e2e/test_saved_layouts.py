@@ -105,7 +105,12 @@ def test_tokenizers_rebuilt_from_tokenizer_json_give_the_same_ids(tiny_weights, 
 
     older = tiny_weights("tiny_sd3")
     newer = rebuild("tiny_sd3", older, tmp_path / "sd3")
-    texts = ["a photo of a cat", "  Two   spaces, UPPER case!  ", "caf\u00e9 na\u00efve \uff21\uff22 \u2014 123", "long " * 90]
+    texts = [
+        "a photo of a cat",
+        "  Two   spaces, UPPER case!  ",
+        "caf\u00e9 na\u00efve \uff21\uff22 \u2014 123",
+        "long " * 90,
+    ]
     for types in (TORCH_TYPES, PADDLE_TYPES):
         for type_name, folder in (("clip_tokenizer", "tokenizer_2"), ("t5_tokenizer", "tokenizer_3")):
             ctype = types[type_name]
@@ -134,6 +139,8 @@ def test_flow_match_options_of_newer_diffusers_give_its_schedules():
 
 
 def test_scheduler_options_the_paddle_classes_lack_are_refused_only_when_they_change_the_schedule():
+    """Options of diffusers' class that ppdiffusers' lacks are accepted at the value that changes nothing and
+    refused otherwise; keys neither class has (another sampler's leftovers) are dropped as diffusers drops them."""
     from components.paddle.engine import PaddleEngine
     from runner.errors import ConfigError
 
@@ -141,15 +148,17 @@ def test_scheduler_options_the_paddle_classes_lack_are_refused_only_when_they_ch
     flux = json.loads((FIXTURES / "tiny_flux" / "scheduler" / "scheduler_config.json").read_text())
     assert "stochastic_sampling" in flux  # written by diffusers 0.42, absent from ppdiffusers 0.29's class
     engine.make_scheduler("FlowMatchEulerDiscreteScheduler", flux)
-    euler = {"_class_name": "EulerDiscreteScheduler", "use_exponential_sigmas": False, "final_sigmas_type": "zero",
-             "use_flow_sigmas": False, "flow_shift": 3.0, "future_option": None}  # fmt: skip
+    euler = {"use_exponential_sigmas": False, "rescale_betas_zero_snr": False, "skip_prk_steps": True}
     engine.make_scheduler("EulerDiscreteScheduler", euler)
-    for config, shown in (
-        ({**flux, "use_karras_sigmas": True}, "use_karras_sigmas=True"),
-        ({**flux, "stochastic_sampling": True}, "stochastic_sampling=True"),
-        ({**euler, "use_exponential_sigmas": True}, "use_exponential_sigmas=True"),
-        ({**euler, "use_flow_sigmas": True}, "use_flow_sigmas=True, flow_shift=3.0"),
-        ({**euler, "future_option": 2}, "future_option=2"),
+    dpm = {"use_flow_sigmas": False, "flow_shift": 3.0, "use_dynamic_shifting": False, "time_shift_type": "linear"}
+    engine.make_scheduler("DPMSolverMultistepScheduler", dpm)
+    for class_name, config, shown in (
+        ("FlowMatchEulerDiscreteScheduler", {**flux, "use_karras_sigmas": True}, "use_karras_sigmas=True"),
+        ("FlowMatchEulerDiscreteScheduler", {**flux, "stochastic_sampling": True}, "stochastic_sampling=True"),
+        ("EulerDiscreteScheduler", {**euler, "use_exponential_sigmas": True}, "use_exponential_sigmas=True"),
+        ("DPMSolverMultistepScheduler", {**dpm, "use_flow_sigmas": True}, "use_flow_sigmas=True"),
     ):
-        with pytest.raises(ConfigError, match=rf"^scheduler config sets {shown}, which ppdiffusers [\d.]+'s \w+ does"):
-            engine.make_scheduler(config["_class_name"] if "_class_name" in config else "x", config)
+        with pytest.raises(
+            ConfigError, match=rf"^scheduler config sets {shown}, which ppdiffusers [\d.]+'s {class_name}"
+        ):
+            engine.make_scheduler(class_name, config)
