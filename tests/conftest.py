@@ -44,7 +44,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         uses_fixture = any(name in PADDLE_FIXTURES for name in getattr(item, "fixturenames", ()))
-        if uses_fixture or any(params.get(name) in PADDLE_BACKENDS for name in ENGINE_PARAMETERS):
+        values = [params.get(name) for name in ENGINE_PARAMETERS]
+        if uses_fixture or any(isinstance(v, str) and v in PADDLE_BACKENDS for v in values):
             item.add_marker(pytest.mark.paddle)
 
 
