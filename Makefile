@@ -15,6 +15,14 @@ LATEST_BIN := $(LATEST_VENV)/bin
 LATEST_STAMP := $(LATEST_VENV)/.installed
 LATEST_TESTS ?= tests/unit tests/conf tests/e2e --ignore=tests/e2e/test_cpu_backends.py --ignore=tests/e2e/test_ray_batch.py
 LATEST_MARKERS ?= not slow and not paddle
+# The four longest fast tests check engine-neutral features the main run covers (bench quality scoring, the
+# trained models' prompt adherence, a training restart, a batch rerun): 8.5 of the 25.6 minutes measured on a
+# busy 2-core machine. The shipped shapes model is still compared with diffusers, and both families still train.
+LATEST_DESELECT ?= \
+	--deselect tests/e2e/test_bench.py::test_bench_quality_scores_the_job_against_its_fp32_unoptimized_run \
+	--deselect tests/e2e/test_shapes_models.py::test_trained_models_follow_their_prompts \
+	--deselect tests/e2e/test_train_shapes.py::test_fresh_ignores_the_saved_state \
+	--deselect tests/e2e/test_batch.py::test_a_rerun_draws_only_what_is_missing_or_changed
 
 .PHONY: setup run test test-latest lint clean
 
@@ -38,7 +46,7 @@ $(LATEST_STAMP): pyproject.toml
 
 test-latest: $(LATEST_STAMP)
 	$(LATEST_BIN)/python -c 'import diffusers, transformers, torch; print("diffusers", diffusers.__version__, "transformers", transformers.__version__, "torch", torch.__version__)'
-	$(LATEST_BIN)/python -m pytest -q -m '$(LATEST_MARKERS)' $(LATEST_TESTS) $(PYTEST_ARGS)
+	$(LATEST_BIN)/python -m pytest -q -m '$(LATEST_MARKERS)' $(LATEST_TESTS) $(LATEST_DESELECT) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
