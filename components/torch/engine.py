@@ -97,26 +97,28 @@ class TorchEngine(EngineBase):
             # transformers < 5 reading a CLIPTextModel saved by transformers 5, whose weights lack the
             # `text_model.` prefix: from_pretrained keeps random weights for every one of them, with only a
             # log line. The same weights under the names this class reads load it.
-            model, info = self._text_model_with_prefixed_names(cls, folder, model, key)
-        if info["missing_keys"]:
+            model, info = self._text_model_with_prefixed_names(cls, folder, model, info, key)
+        missing = sorted(info["missing_keys"])  # a list in transformers 4, a set in 5
+        if missing:
             raise ConfigError(
-                f"{folder}: the checkpoint lacks {len(info['missing_keys'])} weight(s) of {cls.__name__}, "
-                f"e.g. {info['missing_keys'][0]!r}"
+                f"{folder}: the checkpoint lacks {len(missing)} weight(s) of {cls.__name__}, e.g. {missing[0]!r}"
             )
         return model
 
-    def _text_model_with_prefixed_names(self, cls: Any, folder: Path, model: Any, key: str) -> tuple[Any, dict]:
+    def _text_model_with_prefixed_names(
+        self, cls: Any, folder: Path, model: Any, info: dict, key: str
+    ) -> tuple[Any, dict]:
         from safetensors.torch import load_file
 
         files = weight_files(folder)
         if any(f.suffix != ".safetensors" for f in files):
-            return model, {"missing_keys": sorted(set(model.state_dict()))}
+            return model, info
         state: dict[str, Any] = {}
         for path in files:
             state.update(load_file(str(path)))
         renamed = with_module_prefix(state, set(model.state_dict()))
         if renamed is state:
-            return model, {"missing_keys": sorted(set(model.state_dict()) - set(state))}
+            return model, info
         return cls.from_pretrained(
             None, config=model.config, state_dict=renamed, output_loading_info=True, **{key: self.dtype}
         )

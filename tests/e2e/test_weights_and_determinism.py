@@ -57,6 +57,24 @@ def test_directory_configs_win_over_the_model_yaml(tiny_weights, tmp_path):
     assert plan_for(tiny_weights("tiny_sd15")).scheduler.config["beta_end"] == 0.012
 
 
+def test_a_text_encoder_checkpoint_lacking_weights_is_refused_by_the_torch_engine(tiny_weights, tmp_path):
+    """transformers keeps random values for weights a checkpoint lacks, with a log line only; the torch engine
+    refuses such a text encoder instead (a layout it can rename into place loads: tests/e2e/test_saved_layouts.py)."""
+    from safetensors.numpy import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_weights("tiny_sd15"), broken)
+    path = broken / "text_encoder" / "model.safetensors"
+    weights = load_file(str(path))
+    dropped = next(name for name in weights if name.endswith("final_layer_norm.weight"))
+    del weights[dropped]
+    save_file(weights, str(path), metadata={"format": "pt"})
+    with pytest.raises(
+        ConfigError, match=r"text_encoder: the checkpoint lacks 1 weight\(s\) of CLIPTextModel, e\.g\. '"
+    ):
+        runner_images(["model=tiny_sd15", f"model.weights={broken}", "backend=torch", "steps=1"])
+
+
 @pytest.mark.paddle
 def test_loading_writes_nothing_into_the_weights_directory(tiny_weights, tmp_path):
     pristine = tmp_path / "pristine"
