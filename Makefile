@@ -16,9 +16,9 @@ LATEST_STAMP := $(LATEST_VENV)/.installed
 LATEST_TESTS ?= tests/unit tests/conf tests/e2e --ignore=tests/e2e/test_cpu_backends.py --ignore=tests/e2e/test_ray_batch.py
 LATEST_MARKERS ?= not slow and not paddle
 # The four longest fast tests check engine-neutral features the main run covers (bench quality scoring, the
-# trained models' prompt adherence, a training restart, a batch rerun): 8.5 of the 25.6 minutes this selection
-# took without them on a busy 2-core machine (7.2 with them left out, less busy). The shipped shapes model is
-# still compared with diffusers, and both families still train.
+# trained models' prompt adherence, a training restart, a batch rerun): they took 8.5 of the 25.6 minutes the
+# selection took with them on a busy 2-core machine; without them it took 7.2 minutes on a less busy one. The
+# shipped shapes model is still compared with diffusers, and both families still train.
 LATEST_DESELECT ?= \
 	--deselect tests/e2e/test_bench.py::test_bench_quality_scores_the_job_against_its_fp32_unoptimized_run \
 	--deselect tests/e2e/test_shapes_models.py::test_trained_models_follow_their_prompts \
