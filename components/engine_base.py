@@ -23,6 +23,7 @@ from components.loading import ComponentType, bundled_tokenizer
 from components.lora import LoraFile, LoraWeights, apply_loras, read_lora
 from components.single_file import component_state
 from components.step_timer import HostStepTimer
+from components.tokenizer_files import needs_rebuild, rebuilt_slow_files, slow_tokenizer_files
 from runner.errors import ConfigError
 from runner.registry import import_object
 from runner.schema import ComponentSpec
@@ -77,6 +78,11 @@ class EngineBase(abc.ABC):
             pad = {} if spec.pad_token is None else {"pad_token": spec.pad_token}
             return cls.from_pretrained(str(folder), **limit, **pad)
         folder = Path(weights_dir) / spec.path
+        slow_files = slow_tokenizer_files(cls)
+        if slow_files and needs_rebuild(folder, slow_files):
+            # Saved by transformers >= 5: tokenizer.json only, which this (slow) class cannot read.
+            rebuilt, config = rebuilt_slow_files(folder, slow_files)
+            return cls(*(str(rebuilt / name) for name in slow_files.values()), **config)
         if ctype.vocab_file and (folder / ctype.vocab_file).is_file():
             config_path = folder / "tokenizer_config.json"
             config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}

@@ -8,11 +8,15 @@ hooks.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from safetensors import safe_open
+
+from runner.errors import ConfigError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -74,3 +78,34 @@ def folder_is_torch_format(folder: str | os.PathLike[str]) -> bool:
         if name.endswith(".safetensors") and name.startswith("model"):
             return _safetensors_format(entry) == "pt"
     return False
+
+
+def with_module_prefix(state: dict[str, Any], sources: set[str]) -> dict[str, Any]:
+    """The checkpoint's names with the prefix of the wrapper module `sources` (the names a model reads) expects.
+
+    transformers 5 folded CLIPTextTransformer into CLIPTextModel, so a CLIPTextModel it saves names its weights
+    `embeddings.*`, `encoder.*`, `final_layer_norm.*` where transformers 4 wrote `text_model.embeddings.*` ...
+    (CLIPTextModelWithProjection still writes `text_model.*`). A name gains a prefix only where the prefixed
+    name is one the model reads and the bare one is not, so checkpoints in the older layout are unchanged.
+    """
+    if any(name in sources for name in state):
+        return state
+    prefixes = {name.split(".", 1)[0] + "." for name in sources if "." in name}
+    for prefix in sorted(prefixes):
+        if any(prefix + name in sources for name in state):
+            return {prefix + name if prefix + name in sources else name: value for name, value in state.items()}
+    return state
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The checkpoint files of a transformers-format folder, shards resolved through the index json."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            with open(index, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            return [folder / shard for shard in shards]
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return [folder / name]
+    raise ConfigError(f"{folder} has no model.safetensors, pytorch_model.bin or a sharded index of either")

@@ -80,6 +80,8 @@ def make_checked_scheduler(choice: SchedulerChoice, steps: int, engine: Any) -> 
         for t in probe.timesteps:
             model_input = probe.scale_model_input(latents, t) if hasattr(probe, "scale_model_input") else latents
             latents = probe.step(model_input * 0.1, t, latents, return_dict=False, **step_kwargs)[0]
+    except ConfigError:
+        raise  # the engine's own refusal of the config (an option it cannot follow): already one line
     except Exception as exc:  # noqa: BLE001 - any failure means the sampler cannot run here
         detail = " ".join(str(exc).split())[:300]
         versions = ", ".join(f"{name} {version}" for name, version in engine.versions().items())

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from components.loading import bundled_tokenizer  # noqa: E402
+from components.stages.latents import image_position_ids, pack_latents  # noqa: E402
 from runner.shapes import PHRASINGS, Scene, caption, random_scene, render  # noqa: E402
 
 LATENT_CACHE = 8192  # scenes encoded once for the denoiser phase: encoding every batch took a fifth of a step
@@ -171,13 +172,14 @@ class Trainer:
             target = self.noise_schedule.get_velocity(x0, noise, t) if self.v_prediction else noise
             loss = F.mse_loss(pred, target)
         else:
-            from diffusers import FluxPipeline
-
             n, c, h, w = x0.shape
             sigma = torch.sigmoid(torch.randn(n))  # logit-normal, as SD3 and Flux train
             s = sigma.view(n, 1, 1, 1)
-            noisy = FluxPipeline._pack_latents((1 - s) * x0 + s * noise, n, c, h, w)
-            target = FluxPipeline._pack_latents(noise - x0, n, c, h, w)
+            # The runner's own packing and position ids (components/stages/latents.py), not FluxPipeline's private
+            # helpers: diffusers changed what _prepare_latent_image_ids takes (0.31 halved height and width
+            # itself, newer releases take them halved), and these are the inputs inference feeds the model.
+            noisy = pack_latents((1 - s) * x0 + s * noise)
+            target = pack_latents(noise - x0)
             pooled = m["text_encoder"](self.clip_ids(texts)).pooler_output
             ids2 = self.tokenizer_2(texts, padding="max_length", max_length=self.cfg["max_sequence_length"],
                                     truncation=True, return_tensors="pt").input_ids  # fmt: skip
@@ -188,7 +190,7 @@ class Trainer:
                 pooled_projections=pooled,
                 encoder_hidden_states=states,
                 txt_ids=torch.zeros(states.shape[1], 3),
-                img_ids=FluxPipeline._prepare_latent_image_ids(n, h, w, "cpu", torch.float32),  # halves h, w itself
+                img_ids=torch.from_numpy(image_position_ids(h, w)),
             ).sample
             loss = F.mse_loss(pred, target)
         loss_value = self.update(loss, [p for mod in m.values() for p in mod.parameters()])

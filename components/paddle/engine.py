@@ -14,6 +14,7 @@ from components.loading import ComponentType, folder_is_torch_format
 from components.paddle.runtime import cpu_threads, import_paddle, import_ppdiffusers
 from components.paddle.torch_weights import load_torch_layout_text_model, rename_torch_text_state
 from components.single_file import check_state
+from runner.errors import ConfigError
 from runner.registry import import_object
 
 paddle = import_paddle()
@@ -42,6 +43,37 @@ COMPONENT_TYPES: dict[str, ComponentType] = {
 SCHEDULER_OVERRIDES = {
     "FlowMatchEulerDiscreteScheduler": "components.paddle.schedulers:FlowMatchEulerDiscreteScheduler",
 }
+
+
+# Options of diffusers' schedulers (0.42, saved in every scheduler_config.json they write) that ppdiffusers
+# 0.29's class of the same name lacks, with the value that leaves the schedule as that class computes it.
+# from_config drops a key its class lacks without a word, so an option set otherwise would change diffusers'
+# schedule and nothing here; check_scheduler_options refuses that. Keys neither library's class has (leftovers
+# of another sampler's config, such as PNDM's skip_prk_steps under DDIM) are dropped by both, as before.
+# The FlowMatchEuler port follows time_shift_type, shift_terminal and invert_sigmas itself.
+_SIGMA_SCHEDULES = {"use_exponential_sigmas": False, "use_beta_sigmas": False}
+_FLOW_OPTIONS = {"use_flow_sigmas": False, "use_dynamic_shifting": False, "rescale_betas_zero_snr": False}
+OPTIONS_PPDIFFUSERS_LACKS: dict[str, dict[str, Any]] = {
+    "EulerDiscreteScheduler": {**_SIGMA_SCHEDULES, "rescale_betas_zero_snr": False},
+    "EulerAncestralDiscreteScheduler": {"rescale_betas_zero_snr": False},
+    "HeunDiscreteScheduler": dict(_SIGMA_SCHEDULES),
+    "DPMSolverMultistepScheduler": {**_SIGMA_SCHEDULES, **_FLOW_OPTIONS},
+    "UniPCMultistepScheduler": {**_SIGMA_SCHEDULES, **_FLOW_OPTIONS, "sigma_min": None, "sigma_max": None,
+                                "shift_terminal": None},
+    "FlowMatchEulerDiscreteScheduler": {**_SIGMA_SCHEDULES, "use_karras_sigmas": False, "stochastic_sampling": False},
+}  # fmt: skip
+
+
+def check_scheduler_options(class_name: str, config: Mapping[str, Any]) -> None:
+    """Refuse, in one line, a scheduler config that sets an option of diffusers' class which the Paddle class
+    lacks (and would silently drop) to a value that changes the schedule."""
+    lacking = OPTIONS_PPDIFFUSERS_LACKS.get(class_name, {})
+    changing = [f"{key}={config[key]!r}" for key, neutral in lacking.items() if config.get(key, neutral) != neutral]
+    if changing:
+        raise ConfigError(
+            f"scheduler config sets {', '.join(changing)}, which ppdiffusers {ppdiffusers.__version__}'s "
+            f"{class_name} does not have: the Paddle engine cannot follow that schedule (the torch engine can)"
+        )
 
 
 class PaddleEngine(EngineBase):
@@ -105,6 +137,7 @@ class PaddleEngine(EngineBase):
     def make_scheduler(self, class_name: str, config: Mapping[str, Any]) -> Any:
         override = SCHEDULER_OVERRIDES.get(class_name)
         cls = import_object(override) if override else getattr(ppdiffusers, class_name)
+        check_scheduler_options(class_name, config)
         return cls.from_config(dict(config))
 
     # ----------------------------------------------------------------- tensors

@@ -4,7 +4,10 @@
 Flux needs diffusers' newer API: `use_dynamic_shifting` with base/max shift and sequence lengths in
 the config, and `set_timesteps(sigmas=..., mu=...)`, where mu comes from the image sequence length.
 Without dynamic shifting and custom sigmas it computes exactly what ppdiffusers' class computes (the
-stepping is inherited), so SD3 keeps matching ppdiffusers' own pipeline.
+stepping is inherited), so SD3 keeps matching ppdiffusers' own pipeline. Of the options diffusers added since
+(its schedulers save every one in scheduler_config.json), `time_shift_type`, `shift_terminal` and
+`invert_sigmas` are followed here as diffusers 0.42 computes them; the sigma schedules (Karras, exponential,
+beta) and stochastic sampling are not, and PaddleEngine.make_scheduler refuses them when they are on.
 """
 
 from __future__ import annotations
@@ -34,7 +37,12 @@ class FlowMatchEulerDiscreteScheduler(PPFlowMatchEuler):
         max_shift: float | None = 1.15,
         base_image_seq_len: int | None = 256,
         max_image_seq_len: int | None = 4096,
+        invert_sigmas: bool = False,
+        shift_terminal: float | None = None,
+        time_shift_type: str = "exponential",
     ) -> None:
+        if time_shift_type not in ("exponential", "linear"):
+            raise ValueError(f"time_shift_type must be 'exponential' or 'linear', not {time_shift_type!r}")
         timesteps = np.linspace(1, num_train_timesteps, num_train_timesteps, dtype=np.float32)[::-1].copy()
         sigmas = paddle.to_tensor(timesteps).astype(paddle.float32) / num_train_timesteps
         if not use_dynamic_shifting:
@@ -47,9 +55,16 @@ class FlowMatchEulerDiscreteScheduler(PPFlowMatchEuler):
         self.sigma_min = self.sigmas[-1].item()
         self.sigma_max = self.sigmas[0].item()
 
-    @staticmethod
-    def time_shift(mu: float, sigma: float, t: np.ndarray) -> np.ndarray:
+    def time_shift(self, mu: float, sigma: float, t: np.ndarray) -> np.ndarray:
+        if self.config.time_shift_type == "linear":
+            return mu / (mu + (1 / t - 1) ** sigma)
         return math.exp(mu) / (math.exp(mu) + (1 / t - 1) ** sigma)
+
+    def stretch_shift_to_terminal(self, t: np.ndarray) -> np.ndarray:
+        """The schedule stretched so that its last sigma is `shift_terminal` (diffusers' method of that name)."""
+        one_minus_z = 1 - t
+        scale_factor = one_minus_z[-1] / (1 - self.config.shift_terminal)
+        return 1 - (one_minus_z / scale_factor)
 
     def set_timesteps(
         self,
@@ -72,8 +87,15 @@ class FlowMatchEulerDiscreteScheduler(PPFlowMatchEuler):
             sigmas = self.time_shift(mu, 1.0, sigmas)
         else:
             sigmas = self.config.shift * sigmas / (1 + (self.config.shift - 1) * sigmas)
+        if self.config.shift_terminal:
+            sigmas = self.stretch_shift_to_terminal(sigmas)
         sigmas = paddle.to_tensor(sigmas).astype(paddle.float32)
-        self.timesteps = sigmas * self.config.num_train_timesteps
-        self.sigmas = paddle.concat([sigmas, paddle.zeros(shape=[1])])
+        if self.config.invert_sigmas:
+            sigmas = 1.0 - sigmas
+            self.timesteps = sigmas * self.config.num_train_timesteps
+            self.sigmas = paddle.concat([sigmas, paddle.ones(shape=[1])])
+        else:
+            self.timesteps = sigmas * self.config.num_train_timesteps
+            self.sigmas = paddle.concat([sigmas, paddle.zeros(shape=[1])])
         self._step_index = None
         self._begin_index = None

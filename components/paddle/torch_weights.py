@@ -8,25 +8,11 @@ conversion (paddlenlp's name mappings, which also transpose Linear weights) in m
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from components.loading import weight_files, with_module_prefix
 from runner.errors import ConfigError
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The checkpoint files of a transformers-format folder, shards resolved through the index json."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = folder / index_name
-        if index.is_file():
-            with open(index, encoding="utf-8") as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-            return [folder / shard for shard in shards]
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).is_file():
-            return [folder / name]
-    raise ConfigError(f"{folder} has no model.safetensors, pytorch_model.bin or a sharded index of either")
 
 
 def rename_torch_text_state(cls: Any, config: Any, state: dict[str, Any]) -> dict[str, Any]:
@@ -47,6 +33,8 @@ def load_torch_layout_text_model(cls: Any, folder: Path) -> Any:
     state: dict[str, Any] = {}
     for path in weight_files(folder):
         state.update(load_torch(str(path)))
+    mappings = cls._get_name_mappings(config)
+    state = with_module_prefix(state, {m.source_name for m in mappings})
     rename_torch_text_state(cls, config, state)
     with no_init_weights(_enable=True):
         model = cls(config)

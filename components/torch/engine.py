@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from components.engine_base import EngineBase
-from components.loading import ComponentType, folder_is_torch_format
+from components.loading import ComponentType, folder_is_torch_format, weight_files, with_module_prefix
 from components.single_file import check_state
 from components.torch.runtime import import_diffusers, import_torch, transformers_major
 from runner.errors import ConfigError
@@ -92,7 +92,38 @@ class TorchEngine(EngineBase):
             )
         # transformers 5 renamed torch_dtype to dtype; diffusers kept torch_dtype.
         key = "dtype" if ctype.kind == "text_model" and transformers_major() >= 5 else "torch_dtype"
-        return cls.from_pretrained(str(folder), **{key: self.dtype})
+        if ctype.kind != "text_model":
+            return cls.from_pretrained(str(folder), **{key: self.dtype})
+        model, info = cls.from_pretrained(str(folder), output_loading_info=True, **{key: self.dtype})
+        if info["missing_keys"]:
+            # transformers < 5 reading a CLIPTextModel saved by transformers 5, whose weights lack the
+            # `text_model.` prefix: from_pretrained keeps random weights for every one of them, with only a
+            # log line. The same weights under the names this class reads load it.
+            model, info = self._text_model_with_prefixed_names(cls, folder, model, info, key)
+        missing = sorted(info["missing_keys"])  # a list in transformers 4, a set in 5
+        if missing:
+            raise ConfigError(
+                f"{folder}: the checkpoint lacks {len(missing)} weight(s) of {cls.__name__}, e.g. {missing[0]!r}"
+            )
+        return model
+
+    def _text_model_with_prefixed_names(
+        self, cls: Any, folder: Path, model: Any, info: dict, key: str
+    ) -> tuple[Any, dict]:
+        from safetensors.torch import load_file
+
+        files = weight_files(folder)
+        if any(f.suffix != ".safetensors" for f in files):
+            return model, info
+        state: dict[str, Any] = {}
+        for path in files:
+            state.update(load_file(str(path)))
+        renamed = with_module_prefix(state, set(model.state_dict()))
+        if renamed is state:
+            return model, info
+        return cls.from_pretrained(
+            None, config=model.config, state_dict=renamed, output_loading_info=True, **{key: self.dtype}
+        )
 
     def _construct_to_load(self, ctype: ComponentType, cls: Any, config: Mapping[str, Any]) -> Any:
         if ctype.kind == "text_model":

@@ -38,6 +38,8 @@ def import_diffusers() -> ModuleType:
         raise CapabilityError(f"the torch engine needs diffusers and transformers ({exc}); {_INSTALL_HINT}") from exc
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
+    # transformers 5 draws a "Loading weights" bar for every model it loads, past the verbosity setting.
+    transformers.utils.logging.disable_progress_bar()
     logging.getLogger("diffusers").setLevel(logging.ERROR)
     return diffusers
 

@@ -245,3 +245,17 @@ def test_bad_quantization_settings_are_refused(overrides: list[str], error: str,
 
     with pytest.raises(getattr(errors, error), match=message):
         plan_run(compose_config(["model=tiny_sd15", "backend=openvino", *overrides]))  # before any weights load
+
+
+def test_set_loras_is_refused_on_a_backend_running_converted_weights() -> None:
+    """The runtime holds its own copy of the converted weights: a LoRA swap in place cannot reach it."""
+    import runner
+    from runner.errors import ConfigError
+
+    pipe = runner.load(["model=tiny_sd15", "backend=onnxruntime", "steps=2", "quiet=true"])
+    expected = (
+        r"^backend=onnxruntime runs a converted copy of the weights, which set_loras cannot change in "
+        r"place; load the pipeline with loras=\[\.\.\.\] instead$"
+    )
+    with pytest.raises(ConfigError, match=expected):
+        pipe.set_loras([])

@@ -30,6 +30,7 @@ def both_engines(tiny_weights, model: str, *overrides: str) -> tuple[np.ndarray,
     return runner_images([*common, "backend=paddle"]), runner_images([*common, "backend=torch"])
 
 
+@pytest.mark.paddle
 @pytest.mark.parametrize("model", slow_except(names()))  # cross-engine runs are long: all slow
 def test_same_image_on_both_engines(tiny_weights, model):
     paddle_images, torch_images = both_engines(tiny_weights, model)
@@ -37,6 +38,7 @@ def test_same_image_on_both_engines(tiny_weights, model):
     assert max_pixel_diff(paddle_images, torch_images) <= case(model).tolerances.cross_engine
 
 
+@pytest.mark.paddle
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny_sd15", "tiny_sdxl", "tiny_sd3"])
 def test_guidance_rescale_is_the_same_on_both_engines(tiny_weights, model):
@@ -45,6 +47,7 @@ def test_guidance_rescale_is_the_same_on_both_engines(tiny_weights, model):
     assert max_pixel_diff(paddle_images, torch_images) <= 2
 
 
+@pytest.mark.paddle
 @pytest.mark.slow
 def test_engine_noise_differs_between_engines_but_numpy_noise_does_not(tiny_weights):
     """The default (each engine's own generator) is what makes the stock-pipeline equivalence hold;
@@ -74,6 +77,7 @@ def test_numpy_noise_is_refused_with_a_sampler_that_draws_step_noise(backend, sc
     app.check_noise_source(plan, app.create_engine(plan, app.create_backend(plan)))  # deterministic: accepted
 
 
+@pytest.mark.paddle
 @pytest.mark.slow
 def test_sd3_with_clip_states_wider_than_t5_is_the_same_on_both_engines(tmp_path):
     """The crop of the CLIP states to T5's width (the stock pipelines' negative pad) on both engines, from one

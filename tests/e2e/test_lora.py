@@ -282,6 +282,7 @@ def test_set_loras_refreshes_the_text_embedding_cache(tiny_weights, tmp_path):
     assert max_pixel_diff(np.stack(pipe.generate().arrays), images([*common, lora_arg([(lora, 1.0)])])) == 0
 
 
+@pytest.mark.paddle
 def test_paddle_engine_lora_within_two_levels_of_torch(tiny_weights, tmp_path):
     """The same kohya SD 1.5 LoRA and BFL Flux LoRA on both engines (noise=numpy): <= 2 levels apart."""
     for model, make in (("tiny_sd15", None), ("tiny_flux", bfl_flux_lora)):
@@ -440,42 +441,6 @@ def test_requests_cannot_change_loras(tiny_weights):
                     max_steps=50, max_n=4)  # fmt: skip
     with pytest.raises(BadRequest, match=r"^unrecognized request argument\(s\): loras$"):
         parse_openai({"prompt": "a", "loras": [{"path": "x.safetensors"}]}, limits)
-
-
-def test_set_loras_is_refused_on_a_backend_running_converted_weights():
-    pipe = runner.load(["model=tiny_sd15", "backend=onnxruntime", *RUN])
-    expected = (
-        r"^backend=onnxruntime runs a converted copy of the weights, which set_loras cannot change in "
-        r"place; load the pipeline with loras=\[\.\.\.\] instead$"
-    )
-    with pytest.raises(ConfigError, match=expected):
-        pipe.set_loras([])
-
-
-def test_peft_adapter_metadata_gives_alpha_per_module(tiny_weights, tmp_path):
-    """diffusers >= 0.34 stores each component's LoraConfig in the file's metadata (lora_alpha, alpha_pattern,
-    use_rslora): the same pairs with those alphas give exactly what kohya files with per-layer alphas give."""
-    import json
-
-    from safetensors.numpy import save_file
-
-    weights = tiny_weights("tiny_sd15")
-    stock = diffusers_pipeline("tiny_sd15", weights)
-    pairs = pairs_for(stock, ("unet",), seed=12)
-    tensors = {f"unet.{n}.lora_{ab}.weight": t for n, (d, u) in pairs["unet"].items() for ab, t in (("A", d), ("B", u))}
-    config = {"unet.r": 4, "unet.lora_alpha": 8, "unet.alpha_pattern": {"to_q": 2}}
-    save_file(tensors, str(tmp_path / "meta.safetensors"), metadata={"lora_adapter_metadata": json.dumps(config)})
-    expected = {}
-    for name, pair in pairs["unet"].items():
-        expected.setdefault(2.0 if name.endswith("to_q") else 8.0, {})[name] = pair
-    kohya = [write_kohya(tmp_path / f"k{int(a)}.safetensors", {"unet": p}, alpha=a) for a, p in expected.items()]
-    common = ["model=tiny_sd15", f"model.weights={weights}", "backend=torch", *RUN]
-    with_metadata = images([*common, lora_arg([(tmp_path / "meta.safetensors", 1.0)])])
-    assert max_pixel_diff(with_metadata, images([*common, lora_arg([(k, 1.0) for k in kohya])])) == 0
-    config["unet.use_dora"] = True
-    save_file(tensors, str(tmp_path / "dora.safetensors"), metadata={"lora_adapter_metadata": json.dumps(config)})
-    with pytest.raises(ConfigError, match=r"dora.safetensors is a DoRA adapter \(use_dora\); only plain LoRA"):
-        runner.load([*common, lora_arg([(tmp_path / "dora.safetensors", 1.0)])])
 
 
 def test_set_loras_before_verification_checks_what_the_passes_did(tiny_weights, tmp_path):

@@ -12,6 +12,8 @@ import pytest
 from tests.support.cases import case, names
 from tests.support.runs import max_pixel_diff, runner_images
 
+pytestmark = pytest.mark.paddle  # every test here runs a Paddle backend
+
 COMMON = ["seed=5", "steps=2", "batch=2", "negative_prompt=blurry"]
 # The UNet models. tiny_sd21 is left out: its UNet is tiny_sd15's plus linear projections and per-level
 # head dims, both of which tiny_sdxl has, and each trace or export costs a full run more.

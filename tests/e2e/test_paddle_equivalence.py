@@ -15,7 +15,7 @@ from tests.support.cases import case, names, slow_except
 from tests.support.configs import model_spec
 from tests.support.runs import max_pixel_diff, runner_images, to_uint8
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+pytestmark = [pytest.mark.paddle, pytest.mark.filterwarnings("ignore")]
 
 
 def stock_images(model: str, weights, scheduler: str, **call) -> np.ndarray:

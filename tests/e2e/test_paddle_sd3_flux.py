@@ -24,6 +24,7 @@ from tests.support.runs import max_pixel_diff, runner_images, to_uint8
 PROMPT = "a lighthouse at dusk"
 
 
+@pytest.mark.paddle
 @pytest.mark.slow
 def test_sd3_matches_ppdiffusers_pipeline(tiny_weights):
     from components.paddle.runtime import import_paddle, import_ppdiffusers
@@ -85,6 +86,7 @@ def flux_inputs(batch: int, image_tokens: tuple[int, int], text_len: int):
     }
 
 
+@pytest.mark.paddle
 def test_paddle_flux_transformer_matches_diffusers(tiny_weights):
     import diffusers
     import torch
@@ -106,6 +108,7 @@ def test_paddle_flux_transformer_matches_diffusers(tiny_weights):
     assert error <= case("tiny_flux").tolerances.paddle_port_max_abs, error
 
 
+@pytest.mark.paddle
 @pytest.mark.slow
 @pytest.mark.parametrize("batch,height,width", [(2, 64, 48), (1, 48, 80)])
 def test_flux_run_matches_diffusers_pipeline(tiny_weights, batch, height, width):
@@ -148,6 +151,7 @@ def test_flux_run_matches_diffusers_pipeline(tiny_weights, batch, height, width)
     assert max_pixel_diff(ours, to_uint8(theirs)) <= case("tiny_flux").tolerances.paddle_stock
 
 
+@pytest.mark.paddle
 @pytest.mark.parametrize("model", names(denoiser="transformer"))  # the UNet models: test_weights_and_determinism.py
 def test_same_seed_same_image_other_seed_other_image(model):
     first = runner_images([f"model={model}", "seed=1", "steps=2"])
@@ -166,6 +170,7 @@ def test_t5_length_beyond_its_maximum_is_refused():
         plan_run(compose_config(["model=tiny_flux", "model.max_sequence_length=600"]), check_capabilities=False)
 
 
+@pytest.mark.paddle
 def test_long_prompts_are_truncated_with_a_warning(caplog):
     long_prompt = " ".join(["a red fox in the snow"] * 20)
     with caplog.at_level(logging.WARNING):
@@ -190,6 +195,7 @@ def test_schnell_is_the_dev_architecture_without_guidance_or_shift():
     assert (schnell.max_sequence_length, schnell.run_defaults.steps) == (256, 4)
 
 
+@pytest.mark.paddle
 def test_sharded_and_bf16_flux_checkpoints_load(tiny_weights, tmp_path):
     """A transformer/ folder saved in shards (with its index json) and one saved in bf16 load as they are:
     the sharded one to the same weights, the bf16 one to the bf16 values."""
@@ -226,6 +232,7 @@ def _flux_outputs(model, inputs, engine: str) -> np.ndarray:
         return model(**{k: paddle.to_tensor(v) for k, v in inputs.items()}, return_dict=False)[0].numpy()
 
 
+@pytest.mark.paddle
 def test_flux_configs_of_newer_diffusers_load_and_out_channels_is_honoured(tiny_weights, tmp_path):
     """Newer diffusers save `out_channels` (None: in_channels; Flux Fill: 384 in, 64 out). The port takes every
     key diffusers' FluxTransformer2DModel takes, and refuses keys it does not know instead of dropping them."""
@@ -263,6 +270,7 @@ def test_flux_configs_of_newer_diffusers_load_and_out_channels_is_honoured(tiny_
         FluxTransformer2DModel.from_pretrained(str(variant("unknown", text_adapter=True)))
 
 
+@pytest.mark.paddle
 def test_an_image_conditioned_flux_is_refused_by_text_to_image():
     """out_channels != in_channels (Flux Fill's 384 in / 64 out) loads, then text-to-image says why it cannot run
     it, instead of failing on a shape inside the transformer."""

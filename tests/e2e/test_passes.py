@@ -77,6 +77,7 @@ def test_text_embedding_cache_counts_hits_and_misses(backend):
     assert max_pixel_diff(images, uncached.state["images"]) <= 1
 
 
+@pytest.mark.paddle
 def test_passes_none_equals_the_unoptimized_runner():
     base = ["model=tiny_sdxl", "steps=2", "seed=3"]
     assert max_pixel_diff(runner_images(base), runner_images([*base, "passes=none"])) == 0
@@ -121,6 +122,7 @@ def test_verification_names_the_pass_that_broke_the_output(backend):
         built.generate()
 
 
+@pytest.mark.paddle
 def test_a_failing_pass_is_named_with_those_applied_before_it():
     built = load_pipeline(plan_run(compose_config(["model=tiny_sd15", "steps=1"])))
     with pytest.raises(PassError, match=r"pass explode failed on component '\w+': RuntimeError: boom; "

@@ -65,6 +65,7 @@ def test_the_default_model_draws_the_asked_shape(drawn, engine: str) -> None:
     assert score["shape"] >= 0.8
 
 
+@pytest.mark.paddle
 @pytest.mark.parametrize("model", sorted(THRESHOLDS))
 def test_engines_draw_the_same_images(drawn, model: str) -> None:
     """Same weights directory, same prompts and seeds, noise=numpy: within 2 levels (two frameworks' kernels)."""

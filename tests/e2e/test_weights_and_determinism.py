@@ -57,6 +57,25 @@ def test_directory_configs_win_over_the_model_yaml(tiny_weights, tmp_path):
     assert plan_for(tiny_weights("tiny_sd15")).scheduler.config["beta_end"] == 0.012
 
 
+def test_a_text_encoder_checkpoint_lacking_weights_is_refused_by_the_torch_engine(tiny_weights, tmp_path):
+    """transformers keeps random values for weights a checkpoint lacks, with a log line only; the torch engine
+    refuses such a text encoder instead (a layout it can rename into place loads: tests/e2e/test_saved_layouts.py)."""
+    from safetensors.numpy import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_weights("tiny_sd15"), broken)
+    path = broken / "text_encoder" / "model.safetensors"
+    weights = load_file(str(path))
+    dropped = next(name for name in weights if name.endswith("final_layer_norm.weight"))
+    del weights[dropped]
+    save_file(weights, str(path), metadata={"format": "pt"})
+    with pytest.raises(
+        ConfigError, match=r"text_encoder: the checkpoint lacks 1 weight\(s\) of CLIPTextModel, e\.g\. '"
+    ):
+        runner_images(["model=tiny_sd15", f"model.weights={broken}", "backend=torch", "steps=1"])
+
+
+@pytest.mark.paddle
 def test_loading_writes_nothing_into_the_weights_directory(tiny_weights, tmp_path):
     pristine = tmp_path / "pristine"
     shutil.copytree(tiny_weights("tiny_sdxl"), pristine, ignore=shutil.ignore_patterns("*.pdparams"))
@@ -66,6 +85,7 @@ def test_loading_writes_nothing_into_the_weights_directory(tiny_weights, tmp_pat
 
 
 # The transformer models: test_paddle_sd3_flux.py.
+@pytest.mark.paddle
 @pytest.mark.parametrize("model", slow_except(names(denoiser="unet"), "tiny_sd15"))
 def test_same_seed_same_image_different_seed_different_image(model):
     first = runner_images([f"model={model}", "seed=11", "steps=2"])
@@ -75,11 +95,13 @@ def test_same_seed_same_image_different_seed_different_image(model):
     assert max_pixel_diff(first, other) > 10
 
 
+@pytest.mark.paddle
 def test_images_in_a_batch_differ():
     images = runner_images(["seed=4", "steps=2", "batch=2"])
     assert not np.array_equal(images[0], images[1])
 
 
+@pytest.mark.paddle
 def test_random_weights_are_fixed_by_init_seed_not_by_run_seed():
     base = runner_images(["model=tiny_sd15", "seed=4", "steps=2"])
     reinit = runner_images(["model=tiny_sd15", "seed=4", "steps=2", "model.init_seed=1"])

@@ -38,6 +38,7 @@ def test_weight_layout_detection(tmp_path):
     assert folder_is_torch_format(transformers_saved)
 
 
+@pytest.mark.paddle
 def test_safetensors_reader_keeps_bfloat16_bits(tmp_path):
     from components.paddle.runtime import import_paddle
     from components.paddle.safetensors_io import load_safetensors_folder
@@ -53,6 +54,7 @@ def test_safetensors_reader_keeps_bfloat16_bits(tmp_path):
     np.testing.assert_array_equal(state["b"].numpy(), [0.5, 1.5])
 
 
+@pytest.mark.paddle
 def test_missing_shard_is_named(tmp_path):
     from components.paddle.safetensors_io import load_safetensors_folder
 
@@ -63,6 +65,7 @@ def test_missing_shard_is_named(tmp_path):
         load_safetensors_folder(tmp_path, "m")
 
 
+@pytest.mark.paddle
 def test_importing_ppdiffusers_leaves_torch_and_numpy_intact():
     """ppdiffusers rebinds torch.uint16, np.bool and np.bfloat16 on import; the engine undoes it
     (torch.compile and NumPy's testing helpers need the real ones)."""
@@ -97,6 +100,7 @@ def test_atomic_writes_leave_no_temporary_file_and_normal_permissions(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
 
 
+@pytest.mark.paddle
 def test_eager_paddle_on_cpu_uses_every_core_it_may(monkeypatch):
     """Eager Paddle ran its CPU kernels on one thread; the engine sets the math library's thread count
     (OMP_NUM_THREADS when given, else the cores this process may use), as Paddle Inference's config does."""

@@ -44,6 +44,7 @@ def test_rescale_is_diffusers_rescale_noise_cfg_bit_for_bit():
         assert torch.equal(rescale_noise_cfg(guided, cond, factor), reference(guided, cond, guidance_rescale=factor))
 
 
+@pytest.mark.paddle
 def test_rescale_reads_the_same_on_paddle():
     torch = pytest.importorskip("torch")
     from components.paddle.runtime import import_paddle
