@@ -97,6 +97,21 @@ def with_module_prefix(state: dict[str, Any], sources: set[str]) -> dict[str, An
     return state
 
 
+def with_model_names(state: dict[str, Any], sources: set[str]) -> dict[str, Any]:
+    """The checkpoint's names as the model reads them: with the wrapper's prefix added (`with_module_prefix`),
+    or without CLIP's `text_model.` level where the model has none (transformers 5's CLIPTextModel reading
+    weights in transformers 4's names, as single-file checkpoints spell them)."""
+    if any(name in sources for name in state):
+        return state
+    prefixed = with_module_prefix(state, sources)
+    if prefixed is not state:
+        return prefixed
+    level = "text_model."
+    if any(name.startswith(level) and name[len(level) :] in sources for name in state):
+        return {name[len(level) :] if name[len(level) :] in sources else name: value for name, value in state.items()}
+    return state
+
+
 def weight_files(folder: Path) -> list[Path]:
     """The checkpoint files of a transformers-format folder, shards resolved through the index json."""
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):

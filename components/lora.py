@@ -431,19 +431,28 @@ class Resolver:
         shapes = self.shapes(role)
         if layer.kohya:
             table = self.underscored(role)
-            if layer.name in table:
-                return [table[layer.name]]
+            for name in _text_model_spellings(layer.name, "_"):
+                if name in table:
+                    return [table[name]]
             if role == "unet" and (mapped := sgm_to_diffusers(layer.name, self.layers_per_block)) in table:
                 return [table[mapped]]
             dotted = _bfl_dotted(layer.name) if role == "transformer" else None
         else:
-            if layer.name in shapes:
-                return [layer.name]
+            for name in _text_model_spellings(layer.name, "."):
+                if name in shapes:
+                    return [name]
             dotted = layer.name if role == "transformer" else None
         flux = _flux_targets(dotted) if dotted else None
         if flux and all(name in shapes for name in flux):
             return flux
         return None
+
+
+def _text_model_spellings(name: str, separator: str) -> list[str]:
+    """A name as written, then with CLIP's `text_model` level taken away or added: transformers 5 folded
+    CLIPTextTransformer into CLIPTextModel (its modules lost the level), LoRA files keep the names trainers saw."""
+    level = "text_model" + separator
+    return [name, name[len(level) :] if name.startswith(level) else level + name]
 
 
 def _row_slices(sizes: Sequence[int]) -> list[tuple[int, int]]:

@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 
 from components.engine_base import EngineBase
-from components.loading import ComponentType, folder_is_torch_format, weight_files, with_module_prefix
+from components.loading import (
+    ComponentType,
+    folder_is_torch_format,
+    weight_files,
+    with_model_names,
+    with_module_prefix,
+)
 from components.single_file import check_state
 from components.torch.runtime import import_diffusers, import_torch, transformers_major
 from runner.errors import ConfigError
@@ -135,6 +141,7 @@ class TorchEngine(EngineBase):
     def _load_state(self, module: Any, state: dict[str, np.ndarray], path: Path, role: str) -> Any:
         # Tensor by tensor: only one converted weight exists beside the module at a time (copy_ casts it).
         params = module.state_dict(keep_vars=True)
+        state = with_model_names(state, set(params))
         check_state({k: tuple(v.shape) for k, v in params.items()}, state, path, role)
         with torch.no_grad():
             for key, array in state.items():

@@ -117,7 +117,7 @@ def test_a_file_with_other_weights_gives_other_images(checkpoints, tmp_path):
     tensors = load_file(str(file))
     tensors["model.diffusion_model.out.2.bias"] = tensors["model.diffusion_model.out.2.bias"] + 0.5
     changed = save_file(tensors, str(tmp_path / "changed.safetensors")) or tmp_path / "changed.safetensors"
-    common = [*overrides, "backend=paddle", "seed=7", "steps=2"]
+    common = [*overrides, "backend=torch", "seed=7", "steps=2"]
     assert max_pixel_diff(aligned_images([*common, f"model.weights={file}"]),
                           aligned_images([*common, f"model.weights={changed}"])) > 5  # fmt: skip
 

@@ -30,6 +30,13 @@ def _folder_state(folder: Path) -> dict[str, np.ndarray]:
     return load_file(str(files[0]))
 
 
+def with_text_model_level(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A CLIP text encoder's weights in the names original files (and transformers 4) use: transformers 5 saves
+    CLIPTextModel without its `text_model.` level."""
+    top = ("embeddings.", "encoder.", "final_layer_norm.")
+    return {("text_model." + name if name.startswith(top) else name): array for name, array in state.items()}
+
+
 def _config(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "config.json").read_text())
 
@@ -107,6 +114,8 @@ def write_single_file(pipeline_dir: Path, layout: str, out: Path, parts: tuple[s
             continue
         folder = pipeline_dir / role
         state = _folder_state(folder)
+        if place.format in ("clip", "open_clip"):
+            state = with_text_model_level(state)
         if place.format == "ldm_unet":
             converted = unet_to_original(state, _config(folder))
         elif place.format == "ldm_vae":
