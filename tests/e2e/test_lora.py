@@ -16,7 +16,7 @@ import pytest
 import runner
 from runner.errors import ConfigError
 from tests.support.cases import case
-from tests.support.loras import random_pairs, target_layers, write_kohya, write_peft
+from tests.support.loras import random_pairs, target_layers, trainer_name, write_kohya, write_peft
 from tests.support.runs import max_pixel_diff, to_uint8
 
 PROMPT = "a red fox in the snow"
@@ -178,7 +178,7 @@ def bfl_flux_lora(pipe, tmp_path: Path, seed: int) -> tuple[Path, dict]:
             tensors[f"lora_unet_single_blocks_{i}_{name}.lora_up.weight"] = up
             tensors[f"lora_unet_single_blocks_{i}_{name}.alpha"] = np.array(4.0, np.float32)
     for name, (down, up) in random_pairs(target_layers(pipe.text_encoder), rank, seed + 1).items():
-        stem = "lora_te1_" + name.replace(".", "_")
+        stem = "lora_te1_" + trainer_name("text_encoder", name).replace(".", "_")
         tensors.update({f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up,
                         f"{stem}.alpha": np.array(4.0, np.float32)})  # fmt: skip
     from safetensors.numpy import save_file

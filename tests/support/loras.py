@@ -42,6 +42,14 @@ def random_pairs(
     return pairs
 
 
+def trainer_name(role: str, name: str) -> str:
+    """A module name as trainers write it: CLIP's layers under `text_model.`, the level transformers 4 has
+    (transformers 5's CLIPTextModel lacks it; the runner reads both spellings)."""
+    if role.startswith("text_encoder") and name.startswith(("embeddings.", "encoder.", "final_layer_norm.")):
+        return "text_model." + name
+    return name
+
+
 def write_kohya(
     path: Path,
     pairs_by_role: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
@@ -53,7 +61,7 @@ def write_kohya(
     tensors = {}
     for role, pairs in pairs_by_role.items():
         for name, (down, up) in pairs.items():
-            name = (names or {}).get(name, name)
+            name = trainer_name(role, (names or {}).get(name, name))
             stem = f"{KOHYA_PREFIX[role]}_{name.replace('.', '_')}"
             tensors[f"{stem}.lora_down.weight"] = down
             tensors[f"{stem}.lora_up.weight"] = up
@@ -68,7 +76,7 @@ def write_peft(path: Path, pairs_by_role: Mapping[str, Mapping[str, tuple[np.nda
     tensors = {}
     for role, pairs in pairs_by_role.items():
         for name, (down, up) in pairs.items():
-            tensors[f"{role}.{name}.lora_A.weight"] = down
-            tensors[f"{role}.{name}.lora_B.weight"] = up
+            tensors[f"{role}.{trainer_name(role, name)}.lora_A.weight"] = down
+            tensors[f"{role}.{trainer_name(role, name)}.lora_B.weight"] = up
     save_file(tensors, str(path))
     return path
