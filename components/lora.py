@@ -530,11 +530,6 @@ def set_deltas(component: Any, weights: LoraWeights, deltas: Mapping[str, np.nda
         component.__dict__.pop(ORIGINALS_ATTRIBUTE, None)
 
 
-def changed_modules(component: Any) -> list[str]:
-    """The modules of a component a LoRA currently changes."""
-    return sorted(component.__dict__.get(ORIGINALS_ATTRIBUTE, {}))
-
-
 def apply_loras(
     components: Mapping[str, Any],
     weights: LoraWeights,

@@ -182,9 +182,8 @@ class Pipeline:
         updated in place (compiled backends keep their compiled code), and the original weights come back
         bit for bit before the new deltas are added. Every file is read and checked against the model first,
         so a bad one leaves the pipeline as it was. Returns the number of changed modules per component."""
-        specs = parse_loras(list(loras) if isinstance(loras, tuple) else loras)
-        backend = self.built.backend
-        if not getattr(backend, "updates_weights_in_place", True):
+        specs = parse_loras(loras)
+        if not self.built.backend.updates_weights_in_place:
             raise ConfigError(
                 f"backend={self.plan.backend.name} runs a converted copy of the weights, which set_loras cannot "
                 "change in place; load the pipeline with loras=[...] instead"

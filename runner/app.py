@@ -36,19 +36,22 @@ class BuiltPipeline:
     passes: list[Pass] = field(default_factory=list)
     pass_report: PassReport | None = None
     loras: tuple[LoraSpec, ...] = ()  # merged into the weights now (the plan's, until set_loras)
-    lora_modules: dict[str, int] = field(default_factory=dict)  # modules they change, per component
 
     def set_loras(self, specs: Sequence[LoraSpec]) -> dict[str, int]:
         """Merge these LoRAs into the weights in place, replacing the current ones (none: the original weights,
-        bit for bit). Files are read and checked against the model before any weight changes."""
-        model, roles = self.plan.model, lora_roles(self.plan)
-        files = self.engine.read_loras(specs, model.family, roles)
+        bit for bit). Files are read and checked against the model before any weight changes; returns the
+        number of changed modules per component."""
+        return self.merge_loras(specs, read_loras(self.plan, self.engine, specs))
+
+    def merge_loras(self, specs: Sequence[LoraSpec], files: Sequence[Any]) -> dict[str, int]:
+        """Merge LoRA files already read (`read_loras`) in place of the current ones."""
+        model = self.plan.model
         # verify=true: the eager copies awaiting their first-call check get the same LoRAs (the check compares
         # what each pass did, not what the LoRA did).
         copies = pending_copies(self.components)
-        self.lora_modules = self.engine.apply_loras(self.components, files, roles, model.name, copies)
+        changed = self.engine.apply_loras(self.components, files, model.weighted_roles, model.name, copies)
         self.loras = tuple(specs)
-        return self.lora_modules
+        return changed
 
     def loras_report(self) -> list[dict[str, Any]]:
         return [{"path": spec.path, "scale": spec.scale} for spec in self.loras]
@@ -99,9 +102,9 @@ def load_components(plan: RunPlan, engine: Any) -> dict[str, Any]:
     return components
 
 
-def lora_roles(plan: RunPlan) -> list[str]:
-    """The components a LoRA may change: every model component with weights (not the tokenizers)."""
-    return [role for role, spec in plan.model.components.items() if not spec.type.endswith("tokenizer")]
+def read_loras(plan: RunPlan, engine: Any, specs: Sequence[LoraSpec]) -> list[Any]:
+    """The LoRA files, read and checked against the model (format, family, components); no weights needed."""
+    return engine.read_loras(specs, plan.model.family, plan.model.weighted_roles)
 
 
 def load_pipeline(plan: RunPlan) -> BuiltPipeline:
@@ -111,12 +114,11 @@ def load_pipeline(plan: RunPlan) -> BuiltPipeline:
     engine = create_engine(plan, backend)
     check_noise_source(plan, engine)
     start = time.perf_counter()
-    files = engine.read_loras(plan.loras, plan.model.family, lora_roles(plan))
+    files = read_loras(plan, engine, plan.loras)
     components = load_components(plan, engine)
     built = BuiltPipeline(plan, engine, backend, components, load_ms=0.0)
     if files:
-        built.lora_modules = engine.apply_loras(components, files, lora_roles(plan), plan.model.name)
-        built.loras = plan.loras
+        built.merge_loras(plan.loras, files)
     built.load_ms = (time.perf_counter() - start) * 1e3
     return built
 

@@ -173,6 +173,11 @@ class ModelSpec:
     def uses_random_weights(self) -> bool:
         return self.weights == "random"
 
+    @property
+    def weighted_roles(self) -> list[str]:
+        """The components with weights (every one but the tokenizers): what a checkpoint or a LoRA holds."""
+        return [role for role, spec in self.components.items() if not spec.type.endswith("tokenizer")]
+
 
 # ------------------------------------------------------------------------------------------ other groups
 @dataclass(frozen=True)

@@ -68,8 +68,7 @@ def check_weights(model: ModelSpec) -> tuple[Path | None, dict[str, Any]]:
                 f"model.weights={model.weights!r} is a file but not a {SINGLE_FILE_SUFFIX} checkpoint; give a "
                 f"{SINGLE_FILE_SUFFIX} single file or a pipeline directory"
             )
-        roles = [role for role, spec in model.components.items() if not spec.type.endswith("tokenizer")]
-        check_single_file(path, model.weights, model.name, model.single_file, roles)
+        check_single_file(path, model.weights, model.name, model.single_file, model.weighted_roles)
         return path, {}
     return path, check_weights_dir(model, path)
 

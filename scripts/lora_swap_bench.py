@@ -22,24 +22,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import runner  # noqa: E402
 from components.lora import ORIGINALS_ATTRIBUTE  # noqa: E402
-from tests.support.loras import random_pairs, target_layers, write_kohya  # noqa: E402
+from tests.support.loras import TARGETS, random_pairs, write_kohya  # noqa: E402
 
 
-def layers(pipe: runner.Pipeline, role: str) -> dict[str, tuple[int, ...]]:
-    """Attention projections of a component by name and PyTorch-layout shape (either engine)."""
+def attention_layers(pipe: runner.Pipeline, role: str) -> dict[str, tuple[int, ...]]:
+    """The attention projections (Linear layers, by name and PyTorch-layout shape) of a component, on either
+    engine, through the engine's own LoRA weight access."""
     weights = pipe.built.engine.lora_weights
-    component = pipe.built.components[role]
-    if pipe.plan.backend.engine == "torch":
-        return target_layers(component)
-    names = target_layers_by_name(weights, component)
-    return names
-
-
-def target_layers_by_name(weights, component) -> dict[str, tuple[int, ...]]:
-    from tests.support.loras import TARGETS
-
-    return {name: weights.shape(layer) for name, layer in weights.layers(component)
-            if name.endswith(TARGETS) and len(weights.shape(layer)) == 2}  # fmt: skip
+    found = {}
+    for name, layer in weights.layers(pipe.built.components[role]):
+        shape = weights.shape(layer)
+        if name.endswith(TARGETS) and shape is not None and len(shape) == 2:
+            found[name] = shape
+    return found
 
 
 def main() -> None:
@@ -52,7 +47,7 @@ def main() -> None:
     base = [f"model={args.model}", "model.weights=random", f"backend={args.backend}", "quiet=true"]
     pipe = runner.load(base)
     roles = [r for r in ("unet", "transformer", "text_encoder") if r in pipe.built.components]
-    pairs = {role: random_pairs(layers(pipe, role), args.rank, seed=i) for i, role in enumerate(roles)}
+    pairs = {role: random_pairs(attention_layers(pipe, role), args.rank, seed=i) for i, role in enumerate(roles)}
     with tempfile.TemporaryDirectory() as tmp:
         lora = write_kohya(Path(tmp) / "lora.safetensors", pairs, alpha=args.rank / 2)
         load, swap_in, swap_out = [], [], []

@@ -41,22 +41,10 @@ def _config(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "config.json").read_text())
 
 
-def unet_to_original(state: dict[str, np.ndarray], config: dict[str, Any]) -> dict[str, np.ndarray]:
-    table = sorted(unet_prefixes(config), key=lambda row: -len(row[1]))
-    out = {}
-    for name, array in state.items():
-        source, target, kind = next(row for row in table if name.startswith(row[1]))
-        rest = name[len(target) :]
-        for old, new in INVERSE[kind].items():
-            if rest.startswith(new + "."):
-                rest = old + rest[len(new) :]
-                break
-        out[source + rest] = array
-    return out
-
-
-def vae_to_original(state: dict[str, np.ndarray], config: dict[str, Any]) -> dict[str, np.ndarray]:
-    table = sorted(vae_prefixes(config), key=lambda row: -len(row[1]))
+def _renamed_back(state: dict[str, np.ndarray], prefixes: list[tuple[str, str, str]]) -> dict[str, np.ndarray]:
+    """diffusers names -> original names through a block table of components/single_file.py, read backwards
+    (longest diffusers prefix first); the VAE's attention Linear weights become the original 1x1 convolutions."""
+    table = sorted(prefixes, key=lambda row: -len(row[1]))
     out = {}
     for name, array in state.items():
         source, target, kind = next(row for row in table if name.startswith(row[1]))
@@ -66,9 +54,17 @@ def vae_to_original(state: dict[str, np.ndarray], config: dict[str, Any]) -> dic
                 rest = old + rest[len(new) :]
                 break
         if kind == "vae_attention" and rest.endswith("weight") and array.ndim == 2:
-            array = array.reshape(*array.shape, 1, 1)  # the original attention is built from 1x1 convolutions
+            array = array.reshape(*array.shape, 1, 1)
         out[source + rest] = array
     return out
+
+
+def unet_to_original(state: dict[str, np.ndarray], config: dict[str, Any]) -> dict[str, np.ndarray]:
+    return _renamed_back(state, unet_prefixes(config))
+
+
+def vae_to_original(state: dict[str, np.ndarray], config: dict[str, Any]) -> dict[str, np.ndarray]:
+    return _renamed_back(state, vae_prefixes(config))
 
 
 def open_clip_to_original(
