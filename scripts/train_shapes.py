@@ -44,9 +44,9 @@ MODELS = {"sd": "shapes_sd15", "flux": "shapes_flux"}
 # Per family: VAE steps, denoiser steps, batch sizes, learning rates. Sized for under an hour on 2 cores.
 COMMON = {"latent_cache": LATENT_CACHE, "vae_batch": 16, "vae_crop": 32, "vae_lr": 3e-3, "batch": 32, "lr": 1e-3}
 PLANS = {"sd": {**COMMON, "vae_steps": 2500, "steps": 4000}, "flux": {**COMMON, "vae_steps": 2000, "steps": 2500}}
-# SD timesteps: this share of each batch is drawn from [low, high) instead of the whole range. There (SNR ~2 down
-# to ~0.03 on the linear schedule at 16x16 latents) the outline of the shape is decided; above it the latent is
-# nearly pure noise and only the colours matter, which the model learns within a few hundred steps anyway.
+# SD timesteps: this share of each batch is drawn from [low, high) instead of the whole range. There (SNR ~9 down
+# to ~0.09 on the linear schedule) the outline of the shape is decided; above it the 8x8 latent is nearly pure
+# noise and only the colours matter, which the model learns within a few hundred steps anyway.
 T_FOCUS = {"share": 0.5, "low": 100, "high": 500}
 CAPTION_DROP = {"sd": 0.1, "flux": 0.0}  # empty captions teach the unconditional branch that CFG needs
 KL_WEIGHT = 1e-6  # small: a larger weight keeps the posterior noisy, and the decoder learns to blur
