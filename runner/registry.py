@@ -59,6 +59,7 @@ REGISTRY: dict[str, dict[str, str]] = {
         "rope_cache": "passes.rope_cache:RopeCache",
         "attention": "passes.attention:AttentionKernel",
         "text_embedding_cache": "passes.text_embedding_cache:TextEmbeddingCache",
+        "step_cache": "passes.step_cache:StepCache",
     },
     "guidance": {
         "cfg": "components.stages.guidance:ClassifierFreeGuidance",
