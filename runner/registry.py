@@ -60,6 +60,7 @@ REGISTRY: dict[str, dict[str, str]] = {
         "attention": "passes.attention:AttentionKernel",
         "text_embedding_cache": "passes.text_embedding_cache:TextEmbeddingCache",
         "step_cache": "passes.step_cache:StepCache",
+        "channels_last": "passes.channels_last:ChannelsLast",
     },
     "guidance": {
         "cfg": "components.stages.guidance:ClassifierFreeGuidance",

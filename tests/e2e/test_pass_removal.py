@@ -34,9 +34,16 @@ def _weights(module) -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("backend", ["paddle", "torch"])
-# The fast subset keeps the pass with the most kinds of change (fused weights, replaced submodules).
-@pytest.mark.parametrize("pass_name", slow_except(registry.names("pass"), "qkv_fusion"))
+# Every pass on every engine it supports. The fast subset keeps the pass with the most kinds of change (fused
+# weights, replaced submodules).
+CASES = [(name, backend) for name in registry.names("pass") for backend in ("paddle", "torch")
+         if backend in registry.resolve("pass", name).engines]  # fmt: skip
+
+
+FAST = (("qkv_fusion", "paddle"), ("qkv_fusion", "torch"))
+
+
+@pytest.mark.parametrize(("pass_name", "backend"), slow_except(CASES, *FAST))
 def test_removing_a_pass_restores_the_output_bit_for_bit(pass_name, backend):
     overrides = ["model=tiny_flux", f"backend={backend}", "steps=2", "quiet=true", f"passes={pass_name}"]
     built = load_pipeline(plan_run(compose_config([*overrides, *OPTIONS.get(pass_name, [])])))
