@@ -1,6 +1,6 @@
 """Train a shapes model from scratch on the CPU and write it in diffusers layout.
 
-    python scripts/train_shapes.py --family sd --out /tmp/shapes_sd      # about 50 min on 2 cores
+    python scripts/train_shapes.py --family sd --out /tmp/shapes_sd      # about 25 min on 2 cores
     python scripts/train_shapes.py --family flux --out /tmp/shapes_flux
     python -m runner model=shapes_sd15 model.weights=/tmp/shapes_sd prompt="a green square on a white background"
 
