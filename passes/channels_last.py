@@ -39,7 +39,7 @@ class ChannelsLast(Pass):
     engines = ("torch",)
     requires = "2-D convolutions (UNets, VAEs)"
     changes = "4-D weights and image-shaped inputs stored channels-last (NHWC); contiguous again on removal"
-    defaults = ()  # not measured faster on a CPU (docs/benchmarks.md); the GPU figures decide
+    defaults = ()  # 1.2x on one small model on a CPU (docs/benchmarks.md); the GPU figures decide
     eager_only = True  # a converted graph (OpenVINO, ONNX Runtime) picks its own layout
 
     def check(self, component: Any, ctx: PassContext) -> str | None:

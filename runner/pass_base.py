@@ -90,6 +90,8 @@ class Pass(abc.ABC):
     defaults: tuple[str, ...] = ()  # engines whose `passes=default` list holds this pass (measured)
     verifiable: bool = True  # False: the transformed component is not called like the original
     eager_only: bool = False  # True: acts on eager execution only; skipped where a backend runs converted graphs
+    # True: runs Python inside the component's call (leaves it midway); refused with backends that compile it
+    needs_python_call: bool = False
 
     def __init__(self, options: PassOptions | None = None) -> None:
         self.options: Any = self.options_schema() if options is None else options  # an options_schema instance

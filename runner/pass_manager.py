@@ -97,6 +97,21 @@ def plan_passes(selection: Mapping[str, Any] | None, engine: str) -> tuple[PassC
     return tuple(choices[name] for name in order_passes(instances))
 
 
+def check_passes_with_backend(choices: Sequence[PassChoice], backend: Any) -> None:
+    """A pass that runs Python inside a component's call cannot act on a component the backend compiles
+    (`backend.compile` roles: inductor, paddle_jit, paddle_inference): refused before any weights load."""
+    compiled = list(getattr(backend.options, "compile", None) or [])
+    if not compiled:
+        return
+    for choice in choices:
+        if registry.resolve("pass", choice.name).needs_python_call:
+            raise ConfigError(
+                f"pass {choice.name} cannot run with backend={backend.name}: it compiles the calls of "
+                f"backend.compile={compiled} and {choice.name} leaves such a call midway in Python; use an eager "
+                "backend (torch, paddle) or backend.compile=[]"
+            )
+
+
 def instantiate(choice: PassChoice) -> Pass:
     return registry.resolve("pass", choice.name)(choice.options)
 

@@ -16,7 +16,7 @@ from typing import Any
 import runner.registry as registry
 from runner.executor import initial_state
 from runner.graph import Stage, build_graph, check_run_values
-from runner.pass_manager import PassChoice, plan_passes
+from runner.pass_manager import PassChoice, check_passes_with_backend, plan_passes
 from runner.scheduling import SchedulerChoice, choose_scheduler
 from runner.schema import (
     BackendSpec,
@@ -67,6 +67,8 @@ def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan
     check_settings(settings, model, stages, guidance_given=cfg.get("guidance") is not None)
     backend = parse_backend(cfg["backend"])
     precision = parse_precision(cfg["precision"])
+    passes = plan_passes(to_plain(cfg.get("passes")), backend.engine)
+    check_passes_with_backend(passes, backend)
     return RunPlan(
         model=model,
         settings=settings,
@@ -76,7 +78,7 @@ def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan
         weights_path=weights_path,
         pipeline_config=pipeline_config,
         stages=tuple(stages),
-        passes=plan_passes(to_plain(cfg.get("passes")), backend.engine),
+        passes=passes,
         verify=settings.verify,
         device=check_backend(backend, precision) if check_capabilities else None,
         loras=loras,

@@ -312,7 +312,8 @@ class Trainer:
         self.vae = AutoencoderKL.from_pretrained(pipeline_dir / "vae").requires_grad_(False).eval()
         self.encode_cache()
         self.phase, self.step = "text", 0
-        self.prepare_text()
+        if self.plan["text_steps"] > 0:
+            self.prepare_text()
 
     def enter(self, phase: str) -> None:
         """Start `phase` ("text" or "denoiser") where the one before it ended."""
@@ -323,7 +324,10 @@ class Trainer:
             # The average starts from the weights the denoiser phase starts from, not from the random init.
             self.ema = {name: copy.deepcopy(m).requires_grad_(False) for name, m in self.modules.items()}
         self.phase, self.step = phase, 0
-        self.prepare_text() if phase == "text" else self.prepare_denoiser()
+        if phase == "denoiser":
+            self.prepare_denoiser()
+        elif self.plan["text_steps"] > 0:  # a plan without the text phase (Flux) builds nothing for it
+            self.prepare_text()
 
     def scheduler_config(self) -> dict:
         return dict(self.cfg["scheduler"]["config"])
@@ -352,6 +356,7 @@ class Trainer:
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
             "ema": {k: m.state_dict() for k, m in self.ema.items()},
             "heads": self.heads.state_dict() if self.phase == "text" else None,
+            "denoiser_modules": self.denoiser_modules if self.phase == "denoiser" else None,
             "optimizer": self.optimizer.state_dict(),
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
@@ -370,19 +375,24 @@ class Trainer:
                 self.prepare_text()
                 self.heads.load_state_dict(state["heads"])
             else:
-                self.prepare_denoiser()
+                self.prepare_denoiser(state.get("denoiser_modules"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.phase, self.step = state["phase"], state["step"]
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
 
-    def prepare_denoiser(self) -> None:
+    def prepare_denoiser(self, trained: list[str] | None = None) -> None:
+        """The denoiser phase's optimizer over `trained` (a resumed run's saved list; by default all modules
+        but a text encoder the text phase trained)."""
         from diffusers import DDPMScheduler
 
         # A text encoder trained contrastively stays frozen while the denoiser learns, as SD's CLIP does: the
         # denoiser's loss barely rewards telling a square from a circle, and weight decay would let them merge.
-        frozen = {"text_encoder"} if self.plan["text_steps"] > 0 else set()
-        self.denoiser_modules = [name for name in self.modules if name not in frozen]
+        if trained is None:
+            frozen = {"text_encoder"} if self.plan["text_steps"] > 0 else set()
+            trained = [name for name in self.modules if name not in frozen]
+        self.denoiser_modules = list(trained)
+        frozen = set(self.modules) - set(trained)
         for name in frozen:
             self.modules[name].requires_grad_(False)
         params = [p for name in self.denoiser_modules for p in self.modules[name].parameters()]
@@ -479,9 +489,12 @@ def main(argv: list[str] | None = None) -> None:
     elif args.vae_from:
         trainer.reuse_vae(args.vae_from)
         print(f"VAE from {args.vae_from}; training the text encoder and the denoiser", flush=True)
+    order = list(PHASES)
+    if args.stop_at and (order.index(args.stop_at[0]), args.stop_at[1]) < (order.index(trainer.phase), trainer.step):
+        parser.error(f"--stop-at {args.stop_at[0]}:{args.stop_at[1]} lies before where this run resumes "
+                     f"({trainer.phase}:{trainer.step})")  # fmt: skip
     start = time.perf_counter()
     step_fns = {"vae": trainer.vae_step, "text": trainer.text_step, "denoiser": trainer.denoiser_step}
-    order = list(PHASES)
     for phase, step_fn in step_fns.items():
         if order.index(phase) < order.index(trainer.phase):
             continue  # done before a resume
@@ -500,7 +513,8 @@ def main(argv: list[str] | None = None) -> None:
             if trainer.step % args.save_every == 0 or trainer.step in (total, stop):
                 trainer.save()
         bar.close()
-        if trainer.step < total:
+        if trainer.step < total or (args.stop_at and args.stop_at[0] == phase and trainer.step >= stop):
+            trainer.save()
             print(f"stopped at {phase} step {trainer.step} of {total}; rerun to resume", flush=True)
             return
     trainer.save()

@@ -60,6 +60,8 @@ def test_removing_a_pass_restores_the_output_bit_for_bit(pass_name, backend):
         assert built.components[role] is module
         assert hooks_in(module) == {}, f"{pass_name} left hooks on {role}"
         assert _weights(module) == weights[role], f"{pass_name} left {role}'s weights changed"
+        layouts = [p.is_contiguous() for p in module.parameters() if hasattr(p, "is_contiguous")]
+        assert all(layouts), f"{pass_name} left {role}'s weights in another memory layout"
     after = _tensors(built.generate().state, built.engine)
     assert after.keys() == before.keys()
     for key, value in before.items():

@@ -72,6 +72,8 @@ def test_the_text_phase_resumes_and_the_denoiser_phase_leaves_its_encoder_alone(
     assert "stopped at text step 1 of 2" in train(resumed, "sd", 2, "--stop-at", "text:1")
     assert "phase text, step 1" in train(resumed, "sd", 2)
     assert same(weights(whole, "sd"), weights(resumed, "sd"))
+    # A stop point at the end of a phase stops there too (the state saved, the denoiser not begun).
+    assert "stopped at text step 2 of 2" in train(tmp_path / "end", "sd", 2, "--stop-at", "text:2")
     train(text_only, "sd", 0)
     encoder = "text_encoder/model.safetensors"
     assert same(load_file(whole / encoder), load_file(text_only / encoder))
