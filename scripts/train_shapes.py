@@ -8,9 +8,10 @@ The architecture is the model config's (conf/model/shapes_sd15.yaml, shapes_flux
 are drawn on the fly from runner/shapes.py. Three phases: the VAE learns to reconstruct the images (its latent
 scale, and for Flux its shift, are then measured and written into its config); for SD the CLIP text encoder then
 learns contrastively, as CLIP's was trained, against a small image tower reading the frozen VAE's latents (the
-tower is thrown away); then the denoiser and the text encoder(s) learn together on those latents: v-prediction
-with 10% empty captions for SD (classifier-free guidance), flow matching for Flux. An exponential moving average
-of the denoiser-phase weights is shipped.
+tower is thrown away); then the denoiser learns on those latents: v-prediction with 10% empty captions for SD
+(classifier-free guidance; its text encoder stays frozen, as SD's CLIP does), flow matching for Flux (its CLIP
+and T5 encoders learn with the transformer). An exponential moving average of the denoiser-phase weights is
+shipped.
 
 Deterministic for a given --seed and thread count. Every --save-every steps the full training state goes to
 OUT/train_state.pt (atomically) and the pipeline is exported to OUT/; a run that finds OUT/train_state.pt
@@ -85,8 +86,12 @@ def model_config(name: str) -> dict:
 def draw_scenes(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, list[Scene]]:
     """n random scenes, rendered as a (n, 3, 64, 64) tensor in [-1, 1]."""
     scenes = [random_scene(rng) for _ in range(n)]
-    images = np.stack([render(scene, SIDE, rng) for scene in scenes])
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1, scenes
+    return to_pixels([render(scene, SIDE, rng) for scene in scenes]), scenes
+
+
+def to_pixels(images: list[np.ndarray]) -> torch.Tensor:
+    """H x W x 3 uint8 images as one (n, 3, H, W) tensor in [-1, 1], as the VAE takes them."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def captions(rng: np.random.Generator, scenes: list[Scene], drop: float) -> list[str]:
@@ -233,16 +238,15 @@ class Trainer:
                 for shape in SHAPES:
                     self.set_scenes.append(dataclasses.replace(base, shape=shape))
                     images.append(render(self.set_scenes[-1], SIDE, np.random.default_rng(place)))
-            pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
             with torch.no_grad():
-                latents.append(self.vae.encode(pixels).latent_dist.mean)
+                latents.append(self.vae.encode(to_pixels(images)).latent_dist.mean)
         self.set_latents = self.scaled(torch.cat(latents))
 
     def prepare_text(self) -> None:
         self.encode_shape_sets()
         self.heads = ContrastiveHeads(self.modules["text_encoder"].config.hidden_size, self.vae.config.latent_channels)
-        params = [*self.modules["text_encoder"].parameters(), *self.heads.parameters()]
-        self.optimizer = torch.optim.AdamW(params, lr=self.plan["text_lr"], weight_decay=0.01)
+        self.trained_params = [*self.modules["text_encoder"].parameters(), *self.heads.parameters()]
+        self.optimizer = torch.optim.AdamW(self.trained_params, lr=self.plan["text_lr"], weight_decay=0.01)
 
     def text_step(self) -> float:
         """Captions against latents, for text_batch / 3 shape sets: each caption's hardest negatives are its own
@@ -253,7 +257,7 @@ class Trainer:
         texts = captions(self.rng, [self.set_scenes[i] for i in idx], 0.0)
         pooled = self.modules["text_encoder"](self.clip_ids(texts)).pooler_output
         loss = self.heads(pooled, self.set_latents[idx])
-        return self.update(loss, [*self.modules["text_encoder"].parameters(), *self.heads.parameters()])
+        return self.update(loss, self.trained_params)
 
     # ---- phase 3: denoiser + text encoders ----------------------------------------------------------------
     def clip_ids(self, texts: list[str]) -> torch.Tensor:
@@ -296,7 +300,7 @@ class Trainer:
                 img_ids=torch.from_numpy(image_position_ids(h, w)),
             ).sample
             loss = F.mse_loss(pred, target)
-        loss_value = self.update(loss, [p for name in self.denoiser_modules for p in m[name].parameters()])
+        loss_value = self.update(loss, self.trained_params)
         decay = min(EMA_DECAY, (1 + self.step) / (10 + self.step))  # warm-up: forget the random init
         with torch.no_grad():
             for name in self.denoiser_modules:
@@ -309,17 +313,22 @@ class Trainer:
         """Skip the VAE phase: take an exported pipeline's VAE (with its measured latent scale)."""
         from diffusers import AutoencoderKL
 
-        self.vae = AutoencoderKL.from_pretrained(pipeline_dir / "vae").requires_grad_(False).eval()
-        self.encode_cache()
-        self.phase, self.step = "text", 0
-        if self.plan["text_steps"] > 0:
-            self.prepare_text()
+        self.vae = AutoencoderKL.from_pretrained(pipeline_dir / "vae")
+        self.enter("text", measured=True)
 
-    def enter(self, phase: str) -> None:
-        """Start `phase` ("text" or "denoiser") where the one before it ended."""
-        if self.phase == "vae":
+    def leave_vae(self, measured: bool) -> None:
+        """The VAE phase's end: its latent scale measured (unless it came with one), frozen, the cache encoded."""
+        if measured:
+            self.vae.requires_grad_(False).eval()
+        else:
             self.measure_latents()
-            self.encode_cache()
+        self.encode_cache()
+
+    def enter(self, phase: str, measured: bool = False) -> None:
+        """Start `phase` ("text" or "denoiser") where the one before it ended (measured: a VAE that already
+        carries its latent scale, from --vae-from)."""
+        if self.phase == "vae":
+            self.leave_vae(measured)
         if phase == "denoiser":
             # The average starts from the weights the denoiser phase starts from, not from the random init.
             self.ema = {name: copy.deepcopy(m).requires_grad_(False) for name, m in self.modules.items()}
@@ -369,8 +378,7 @@ class Trainer:
             self.ema[name].load_state_dict(state["ema"][name])
         if state["phase"] != "vae":
             self.vae.register_to_config(**{k: state["vae_config"][k] for k in ("scaling_factor", "shift_factor")})
-            self.vae.requires_grad_(False).eval()
-            self.encode_cache()
+            self.leave_vae(measured=True)
             if state["phase"] == "text":
                 self.prepare_text()
                 self.heads.load_state_dict(state["heads"])
@@ -395,8 +403,8 @@ class Trainer:
         frozen = set(self.modules) - set(trained)
         for name in frozen:
             self.modules[name].requires_grad_(False)
-        params = [p for name in self.denoiser_modules for p in self.modules[name].parameters()]
-        self.optimizer = torch.optim.AdamW(params, lr=self.plan["lr"], weight_decay=0.01)
+        self.trained_params = [p for name in self.denoiser_modules for p in self.modules[name].parameters()]
+        self.optimizer = torch.optim.AdamW(self.trained_params, lr=self.plan["lr"], weight_decay=0.01)
         self.noise_schedule = DDPMScheduler.from_config(self.scheduler_config()) if self.family == "sd" else None
         self.v_prediction = self.scheduler_config().get("prediction_type") == "v_prediction"
 
