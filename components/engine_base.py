@@ -140,6 +140,17 @@ class EngineBase(abc.ABC):
     @abc.abstractmethod
     def make_scheduler(self, class_name: str, config: Mapping[str, Any]) -> Any: ...
 
+    # ----------------------------------------------------------------- placement (memory modes)
+    @abc.abstractmethod
+    def move_module(self, module: Any, where: str, *, recurse: bool = True) -> None:
+        """Put a module's weights on the run's device (`where="device"`) or in host memory (`"host"`), in place.
+        recurse=False: only the tensors the module holds itself, not its submodules' (layer-by-layer offload,
+        where each submodule moves on its own call). On a CPU run both places are the host: nothing is copied."""
+
+    @abc.abstractmethod
+    def tensor_holders(self, component: Any) -> list[Any]:
+        """The component's submodules (itself included) that hold parameters or buffers of their own."""
+
     # ----------------------------------------------------------------- tensors
     @abc.abstractmethod
     def cat(self, tensors: Sequence[Any], dim: int = 0) -> Any: ...
@@ -267,6 +278,11 @@ class EngineBase(abc.ABC):
         peak = self._rss.peak_mb()
         self._rss.stop()
         return peak
+
+    @property
+    def peak_memory_source(self) -> str:
+        """What `peak_memory_mb` measures here: the device allocator's peak, or the process's resident set."""
+        return "host_rss" if self._device_peak_mb() is None else "device_allocator"
 
     def _reset_device_peak(self) -> bool:
         """Reset the device allocator's peak; False where this device has none to reset."""

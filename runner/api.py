@@ -244,7 +244,7 @@ class Pipeline:
         merged = merge_requests(requests, [self.batch_key(s) for s in requests])
         plan = dataclasses.replace(self.plan, settings=merged)
         with self._lock:
-            execution = generate(plan, self.built.engine, self.built.components)
+            execution = generate(plan, self.built.engine, self.built.components, memory=self.built.memory)
             latents = self.built.engine.to_numpy(execution.state["latents"])
         if not np.isfinite(latents).all():
             raise NonFiniteOutputError(
@@ -280,6 +280,8 @@ class Pipeline:
             step_ms=execution.step_ms,
             num_images=merged.num_images,
             peak_memory_mb=execution.peak_memory_mb,
+            stage_peak_memory_mb=execution.stage_peak_mb,
+            peak_memory_source=execution.peak_memory_source,
             load_ms=built.load_ms,
             run={},
             backend=built.backend.describe(),
@@ -288,6 +290,7 @@ class Pipeline:
         )
         report["passes"] = built.passes_report()
         report["components"] = built.components_report()
+        report["memory"] = built.memory_report()
         # Timings cover the whole denoise batch, which may hold other requests' images.
         report["batch"] = {"requests": requests, "images": merged.num_images}
         return report

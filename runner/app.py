@@ -36,6 +36,7 @@ class BuiltPipeline:
     passes: list[Pass] = field(default_factory=list)
     pass_report: PassReport | None = None
     loras: tuple[LoraSpec, ...] = ()  # merged into the weights now (the plan's, until set_loras)
+    memory: Any = None  # the installed memory mode (components/memory/), after optimize
 
     def set_loras(self, specs: Sequence[LoraSpec]) -> dict[str, int]:
         """Merge these LoRAs into the weights in place, replacing the current ones (none: the original weights,
@@ -57,7 +58,10 @@ class BuiltPipeline:
         return [{"path": spec.path, "scale": spec.scale} for spec in self.loras]
 
     def generate(self) -> Execution:
-        return generate(self.plan, self.engine, self.components)
+        return generate(self.plan, self.engine, self.components, memory=self.memory)
+
+    def memory_report(self) -> dict[str, Any]:
+        return self.memory.report() if self.memory is not None else {"mode": self.plan.memory.name}
 
     def remove_passes(self, names: list[str] | None = None) -> list[str]:
         """Undo applied passes (all when None); the components compute what they did before them."""
@@ -146,7 +150,16 @@ def optimize(built: BuiltPipeline) -> None:
     built.backend.prepare(built.components, built.engine)
     if outcome.snapshots:
         install_verification(built.components, outcome.snapshots, plan.precision.dtype, outcome.report.verified)
+    built.memory = install_memory(plan, built.engine, built.components)
     built.load_ms += (time.perf_counter() - start) * 1e3
+
+
+def install_memory(plan: RunPlan, engine: Any, components: Mapping[str, Any]) -> Any:
+    """The plan's memory mode on the components, last: its hooks wrap every other one, so the weights are in
+    place before any of them runs."""
+    mode = registry.resolve("memory", plan.memory.name)(settings=plan.memory)
+    mode.install(components, engine, plan.stages, plan.model.weighted_roles)
+    return mode
 
 
 def build_pipeline(plan: RunPlan) -> BuiltPipeline:
@@ -156,7 +169,8 @@ def build_pipeline(plan: RunPlan) -> BuiltPipeline:
     return built
 
 
-def generate(plan: RunPlan, engine: Any, components: Mapping[str, Any]) -> Execution:
+def generate(plan: RunPlan, engine: Any, components: Mapping[str, Any], memory: Any = None) -> Execution:
+    """Run the plan's stages once; `memory`: the installed memory mode, told when each stage starts and ends."""
     ctx = RunContext(
         engine=engine,
         components=components,
@@ -164,4 +178,4 @@ def generate(plan: RunPlan, engine: Any, components: Mapping[str, Any]) -> Execu
         pipeline_config=plan.pipeline_config,
         progress=not plan.settings.quiet,
     )
-    return execute(plan.stages, plan.settings, ctx)
+    return execute(plan.stages, plan.settings, ctx, around_stage=memory.around_stage if memory else None)

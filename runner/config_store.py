@@ -15,7 +15,7 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 
 import runner.registry as registry
-from runner.schema import MODES, ModelConfig, RaySettings, RunParams, SchedulerSpec, ServeSettings
+from runner.schema import MODES, MemorySettings, ModelConfig, RaySettings, RunParams, SchedulerSpec, ServeSettings
 from runner.typed import schema_defaults
 
 GROUP = "schema"
@@ -30,6 +30,7 @@ def register_schema_defaults() -> None:
         ("scheduler", SchedulerSpec),
         ("serve", ServeSettings),
         ("ray", RaySettings),
+        ("memory", MemorySettings),
     )
     for name, schema in schemas:
         store.store(group=GROUP, name=name, node=schema_defaults(schema))

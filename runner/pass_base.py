@@ -11,8 +11,9 @@ and the pass manager are the framework.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from runner.hooks import ModelHook, register_hook, remove_hook
@@ -92,9 +93,31 @@ class Pass(abc.ABC):
     eager_only: bool = False  # True: acts on eager execution only; skipped where a backend runs converted graphs
     # True: runs Python inside the component's call (leaves it midway); refused with backends that compile it
     needs_python_call: bool = False
+    # A lossy pass's verification bound, relative to max(1, max |before|), used when above the precision's
+    # TOLERANCE (runner/verify.py); None: the precision's alone.
+    tolerance: float | None = None
 
     def __init__(self, options: PassOptions | None = None) -> None:
         self.options: Any = self.options_schema() if options is None else options  # an options_schema instance
+
+    # Passes this one cannot run together with, and why (refused at plan time when both are selected).
+    conflicts: Mapping[str, str] = MappingProxyType({})
+
+    @classmethod
+    def check_scheduler(cls, class_name: str, config: Mapping[str, Any]) -> str | None:
+        """None when the pass can run with this sampler (its class and config); otherwise why not (plan time)."""
+        return None
+
+    @classmethod
+    def check_memory(cls, mode: str) -> str | None:
+        """None when the pass can run under the memory mode `mode` (memory=...); otherwise why not (plan time)."""
+        return None
+
+    @classmethod
+    def check_device(cls, device: str) -> str | None:
+        """None when the pass can run on `device` ("cpu", "cuda:0", ...); otherwise why not (checked at plan time,
+        before any weights load)."""
+        return None
 
     @abc.abstractmethod
     def check(self, component: Any, ctx: PassContext) -> str | None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import runner.registry as registry
-from runner.errors import ConfigError, PassError
+from runner.errors import CapabilityError, ConfigError, PassError
 from runner.pass_base import Changes, Pass, PassContext, PassOptions
 from runner.tables import markdown
 from runner.typed import typed
@@ -94,6 +94,10 @@ def plan_passes(selection: Mapping[str, Any] | None, engine: str) -> tuple[PassC
         schema = registry.resolve("pass", name).options_schema
         choices[name] = PassChoice(name, typed(schema, options, f"passes.{name}", owner=f"pass {name}"))
     instances = {name: instantiate(choice) for name, choice in choices.items()}  # checks values too
+    for name, instance in instances.items():
+        for other, why in instance.conflicts.items():
+            if other in instances:
+                raise ConfigError(f"passes {name} and {other} cannot run together: {why}")
     return tuple(choices[name] for name in order_passes(instances))
 
 
@@ -110,6 +114,34 @@ def check_passes_with_backend(choices: Sequence[PassChoice], backend: Any) -> No
                 f"backend.compile={compiled} and {choice.name} leaves such a call midway in Python; use an eager "
                 "backend (torch, paddle) or backend.compile=[]"
             )
+
+
+def check_passes_with_scheduler(choices: Sequence[PassChoice], class_name: str, config: Mapping[str, Any]) -> None:
+    """A pass that needs something of the sampler (cuda_graphs: a graph-safe step) refuses the run's sampler
+    before any weights load."""
+    for choice in choices:
+        reason = registry.resolve("pass", choice.name).check_scheduler(class_name, config)
+        if reason:
+            raise ConfigError(f"pass {choice.name} cannot run with this sampler: {reason}")
+
+
+def check_passes_with_memory(choices: Sequence[PassChoice], mode: str) -> None:
+    """A pass that cannot run while the memory mode moves weights (cuda_graphs under offload) is refused before
+    any weights load."""
+    for choice in choices:
+        reason = registry.resolve("pass", choice.name).check_memory(mode)
+        if reason:
+            raise ConfigError(f"pass {choice.name} cannot run with memory={mode}: {reason}")
+
+
+def check_passes_on_device(choices: Sequence[PassChoice], device: str) -> str:
+    """A pass the device cannot run (fp8 GEMMs on an older GPU) is refused before any weights load; returns
+    `device` so that the plan can check it where it resolves it."""
+    for choice in choices:
+        reason = registry.resolve("pass", choice.name).check_device(device)
+        if reason:
+            raise CapabilityError(reason)
+    return device
 
 
 def instantiate(choice: PassChoice) -> Pass:

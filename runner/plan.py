@@ -9,23 +9,33 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import runner.registry as registry
+from runner.errors import ConfigError
 from runner.executor import initial_state
 from runner.graph import Stage, build_graph, check_run_values
-from runner.pass_manager import PassChoice, check_passes_with_backend, plan_passes
+from runner.pass_manager import (
+    PassChoice,
+    check_passes_on_device,
+    check_passes_with_backend,
+    check_passes_with_memory,
+    check_passes_with_scheduler,
+    plan_passes,
+)
 from runner.scheduling import SchedulerChoice, choose_scheduler
 from runner.schema import (
     BackendSpec,
     LoraSpec,
+    MemorySettings,
     ModelSpec,
     PrecisionSpec,
     RunSettings,
     parse_backend,
     parse_loras,
+    parse_memory,
     parse_model,
     parse_precision,
     parse_scheduler,
@@ -54,6 +64,7 @@ class RunPlan:
     verify: bool
     device: str | None  # None only when planned with check_capabilities=False
     loras: tuple[LoraSpec, ...] = ()
+    memory: MemorySettings = field(default_factory=lambda: MemorySettings(name="none"))
 
 
 def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan:
@@ -69,6 +80,10 @@ def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan
     precision = parse_precision(cfg["precision"])
     passes = plan_passes(to_plain(cfg.get("passes")), backend.engine)
     check_passes_with_backend(passes, backend)
+    check_passes_with_scheduler(passes, scheduler.class_name, scheduler.config)
+    memory = parse_memory(cfg.get("memory") or {"name": "none"})
+    check_memory_with_backend(memory, backend, stages, model.weighted_roles)
+    check_passes_with_memory(passes, memory.name)
     return RunPlan(
         model=model,
         settings=settings,
@@ -80,9 +95,27 @@ def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan
         stages=tuple(stages),
         passes=passes,
         verify=settings.verify,
-        device=check_backend(backend, precision) if check_capabilities else None,
+        device=check_passes_on_device(passes, check_backend(backend, precision)) if check_capabilities else None,
         loras=loras,
+        memory=memory,
     )
+
+
+def check_memory_with_backend(
+    memory: MemorySettings, backend: BackendSpec, stages: Sequence[Stage], weighted_roles: Sequence[str]
+) -> None:
+    """A memory mode moves or re-routes the weights of some components; a backend that compiles or converts a
+    component (`backend.compile` roles) runs its own copy, which no move reaches (and a compiled graph would
+    recompile at every move): refused before any weights load."""
+    compiled = list(getattr(backend.options, "compile", None) or [])
+    touched = registry.resolve("memory", memory.name).roles_changed(memory, stages, weighted_roles)
+    clash = [role for role in touched if role in compiled]
+    if clash:
+        raise ConfigError(
+            f"memory={memory.name} cannot run with backend={backend.name}: it moves or re-routes "
+            f"{', '.join(clash)}, which the backend compiles or converts (backend.compile={compiled}); use an eager "
+            "backend (torch, paddle) or leave those roles out of backend.compile"
+        )
 
 
 def check_settings(settings: RunSettings, model: ModelSpec, stages: Sequence[Stage], *, guidance_given: bool) -> None:
@@ -121,4 +154,5 @@ def describe_plan(plan: RunPlan) -> dict[str, Any]:
         "seed": s.seed,
         "images_per_prompt": s.images_per_prompt,
         "noise": s.noise,
+        "memory": plan.memory.name,
     }

@@ -61,6 +61,16 @@ REGISTRY: dict[str, dict[str, str]] = {
         "text_embedding_cache": "passes.text_embedding_cache:TextEmbeddingCache",
         "step_cache": "passes.step_cache:StepCache",
         "channels_last": "passes.channels_last:ChannelsLast",
+        "groupnorm_silu": "passes.groupnorm_silu:GroupNormSiLU",
+        "fp8_linear": "passes.fp8_linear:Fp8LinearPass",
+        "cuda_graphs": "passes.cuda_graphs:CudaGraphs",
+    },
+    # Memory modes (conf/memory/<name>.yaml): where weights live during a run, how the VAE decodes.
+    "memory": {
+        "none": "components.memory.modes:KeepResident",
+        "lean": "components.memory.modes:Lean",
+        "offload": "components.memory.modes:ModelOffload",
+        "sequential": "components.memory.modes:SequentialOffload",
     },
     "guidance": {
         "cfg": "components.stages.guidance:ClassifierFreeGuidance",

@@ -49,7 +49,12 @@ def build_report(
     backend: Mapping[str, Any],
     config: Mapping[str, Any],
     engine_versions: Mapping[str, str],
+    stage_peak_memory_mb: Mapping[str, float] | None = None,
+    peak_memory_source: str | None = None,
 ) -> dict[str, Any]:
+    """stage_peak_memory_mb: each stage's peak, reset before it; peak_memory_source: what the peaks measure,
+    "device_allocator" (torch / paddle CUDA allocator: max_memory_allocated) or "host_rss" (the process's resident
+    set, sampled: on the CPU the host is the device, weights included)."""
     total_ms = sum(stage_ms.values())
     # Denoise iterations per second (tqdm's it/s): a 2nd-order sampler iterates twice per step.
     denoise_ms = sum(step_ms)
@@ -62,6 +67,8 @@ def build_report(
         "total_ms": round(total_ms, 3),
         "load_ms": round(load_ms, 3),
         "peak_memory_mb": round(peak_memory_mb, 1),
+        "stage_peak_memory_mb": {name: round(mb, 1) for name, mb in (stage_peak_memory_mb or {}).items()},
+        "peak_memory_source": peak_memory_source,
         "run": dict(run),
         "backend": dict(backend),
         "config": dict(config),

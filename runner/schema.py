@@ -248,6 +248,24 @@ class BatchSettings:
     start_timeout_s: float = 600.0  # a Ray worker that has not loaded its pipeline by then stops the job
 
 
+MEMORY_PIXEL_MULTIPLE = 8  # every VAE here decodes 8 pixels per latent: tiles are whole latent pixels
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """conf/memory/*.yaml: where the weights live while a run goes on, and how the VAE decodes
+    (components/memory/). `name` picks the strategy: none (everything stays on the device), lean (text
+    encoders leave the device after encoding), offload (a component is on the device only while its stage
+    runs), sequential (each layer's weights only while that layer runs)."""
+
+    name: str = MISSING
+    vae_slicing: bool = False  # decode one image of the batch at a time
+    vae_tiling: bool = False  # decode in overlapping tiles when the image is larger than tile_threshold
+    tile_threshold: int = 1024  # pixels: tiles only when height or width exceeds it
+    tile_size: int = 512  # pixels per tile side (a multiple of 8)
+    tile_overlap: float = 0.25  # fraction of a tile shared with its neighbour, blended linearly
+
+
 MODES: dict[str, type] = {"run": RunMode, "bench": BenchSettings, "serve": RunMode, "batch": BatchSettings}
 
 SERVE_ENGINES = ("local", "ray")
@@ -382,6 +400,21 @@ def parse_serve(node: Any) -> ServeSettings:
     if low is not None and high is not None and not (0 <= low <= high and high >= 1):
         raise ConfigError(f"serve.min_replicas={low} and serve.max_replicas={high} need 0 <= min <= max and max >= 1")
     return serve
+
+
+def parse_memory(node: Any) -> MemorySettings:
+    """The memory group, typed, its strategy one of the registered ones and its tile options in range."""
+    memory = typed(MemorySettings, node, "memory", owner=f"memory={_name_of(node)}")
+    modes = registry.names("memory")
+    if memory.name not in modes:
+        raise ConfigError(f"memory={memory.name} is not one of {', '.join(modes)}")
+    if memory.tile_threshold < 1:
+        raise ConfigError(f"memory.tile_threshold={memory.tile_threshold} must be >= 1 (pixels)")
+    if memory.tile_size < MEMORY_PIXEL_MULTIPLE or memory.tile_size % MEMORY_PIXEL_MULTIPLE:
+        raise ConfigError(f"memory.tile_size={memory.tile_size} must be a positive multiple of {MEMORY_PIXEL_MULTIPLE}")
+    if not 0 <= memory.tile_overlap <= 0.75:
+        raise ConfigError(f"memory.tile_overlap={memory.tile_overlap} must be in [0, 0.75]")
+    return memory
 
 
 def parse_ray(node: Any) -> RaySettings:

@@ -3,7 +3,8 @@
 A `verify` hook on the component's entry methods (its call, and `decode` / `encode` where it has them)
 lets the first call of the run supply the inputs; the copy taken before each pass runs on the same
 inputs, and consecutive outputs are compared, so a failure names the pass that caused it. The copies
-are dropped after the check. Tolerance: runner.pass_base.TOLERANCE for the run's precision.
+are dropped after the check. Tolerance: runner.pass_base.TOLERANCE for the run's precision, or a lossy
+pass's own `tolerance` where it is larger (fp8_linear: the check then bounds its error instead of refusing it).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+import runner.registry as registry
 from runner.errors import VerificationError
 from runner.hooks import HookRegistry, ModelHook, register_hook
 from runner.pass_base import TOLERANCE
@@ -39,6 +41,15 @@ def to_array(tensor: Any) -> np.ndarray:
     return np.asarray(value.numpy(), dtype=np.float64)
 
 
+def tolerance_of(name: str, dtype: str) -> tuple[float, str]:
+    """(relative bound, what sets it) for pass `name`: the precision's, or the pass's own when larger.
+    A pass that is not registered (a test's) has the precision's."""
+    own = registry.resolve("pass", name).tolerance if name in registry.names("pass") else None
+    if own is not None and own > TOLERANCE[dtype]:
+        return own, f"{name} (lossy)"
+    return TOLERANCE[dtype], dtype
+
+
 def _entry(module: Any, method: str) -> Any:
     return module if method == "forward" else getattr(module, method)
 
@@ -55,8 +66,8 @@ class FirstCallCheck:
         chain, self.chain = self.chain, []
         outputs = [to_array(first_tensor(_entry(copy, method)(*args, **kwargs))) for _, copy in chain]
         outputs.append(to_array(first_tensor(final)))
-        tolerance = TOLERANCE[self.dtype]
         for index, (name, _) in enumerate(chain):
+            tolerance, source = tolerance_of(name, self.dtype)
             before, after = outputs[index], outputs[index + 1]
             error = float(np.abs(after - before).max())
             bound = tolerance * max(1.0, float(np.abs(before).max()))
@@ -64,7 +75,7 @@ class FirstCallCheck:
             if not error <= bound:
                 earlier = ", ".join(n for n, _ in chain[:index]) or "none"
                 raise VerificationError(
-                    f"pass {name} changed {self.role}'s output by {error:.3g} (max abs), above the {self.dtype} "
+                    f"pass {name} changed {self.role}'s output by {error:.3g} (max abs), above the {source} "
                     f"bound {bound:.3g}; passes applied before it: {earlier}"
                 )
 

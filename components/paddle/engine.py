@@ -140,6 +140,18 @@ class PaddleEngine(EngineBase):
         check_scheduler_options(class_name, config)
         return cls.from_config(dict(config))
 
+    def move_module(self, module: Any, where: str, *, recurse: bool = True) -> None:
+        place = self.device if where == "device" else "cpu"
+        # Layer.to always recurses; _to_impl (what it calls) can leave the sublayers where they are.
+        module._to_impl(device=place, include_sublayers=recurse)
+
+    def tensor_holders(self, component: Any) -> list[Any]:
+        return [
+            layer
+            for layer in component.sublayers(include_self=True)
+            if layer.parameters(include_sublayers=False) or layer.buffers(include_sublayers=False)
+        ]
+
     # ----------------------------------------------------------------- tensors
     def cat(self, tensors: Sequence[Any], dim: int = 0) -> Any:
         return paddle.concat(list(tensors), axis=dim)

@@ -11,6 +11,10 @@ from components.stages.guidance import GUIDANCE_INPUTS, GuidanceParams
 from runner.graph import RunContext, Stage, make_part
 from runner.scheduling import step_kwargs_for
 
+# A denoiser may carry an object under this name that runs the loop's iterations itself (the cuda_graphs pass:
+# components/torch/cuda_graphs.GraphedDenoiseLoop); the stage then hands it the parts of one iteration.
+DENOISE_LOOP_ATTRIBUTE = "runner_denoise_loop"
+
 
 class DenoiseLoop(Stage):
     """For each timestep: expand latents for guidance, scale, predict, combine, step the scheduler.
@@ -52,6 +56,19 @@ class DenoiseLoop(Stage):
         bar = tqdm(total=len(timesteps), desc=self.name, disable=not ctx.progress, leave=False)
         timer = engine.step_timer()
         timer.mark()
+        loop = getattr(ctx.components[self.predictor.components[0]], DENOISE_LOOP_ATTRIBUTE, None)
+        if loop is not None:
+
+            def on_step() -> None:
+                timer.mark()
+                bar.update()
+
+            latents = loop.run(
+                guidance=self.guidance, params=params, predictor=self.predictor, components=ctx.components,
+                engine=engine, scheduler=scheduler, latents=latents, cond=cond, generator=ctx.generator,
+                on_step=on_step,
+            )  # fmt: skip
+            timesteps = ()  # done
         for t in timesteps:
             model_input = self.guidance.expand(latents, engine, params)
             if hasattr(scheduler, "scale_model_input"):  # flow-matching schedulers have no input scaling

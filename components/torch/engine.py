@@ -170,6 +170,23 @@ class TorchEngine(EngineBase):
     def make_scheduler(self, class_name: str, config: Mapping[str, Any]) -> Any:
         return getattr(diffusers, class_name).from_config(dict(config))
 
+    def move_module(self, module: Any, where: str, *, recurse: bool = True) -> None:
+        target = self.torch_device if where == "device" else torch.device("cpu")
+        # Outside inference mode: the moved copies become the parameters' data, which must not be inference
+        # tensors (the stages run under torch.inference_mode, where the hooks that move weights are called).
+        with torch.inference_mode(False), torch.no_grad():
+            if recurse:
+                module.to(target)
+            else:  # Module.to always recurses; _apply(recurse=False) moves only the module's own tensors
+                module._apply(lambda t: t.to(target), recurse=False)
+
+    def tensor_holders(self, component: Any) -> list[Any]:
+        return [
+            m
+            for m in component.modules()
+            if next(m.parameters(recurse=False), None) is not None or next(m.buffers(recurse=False), None) is not None
+        ]
+
     # ----------------------------------------------------------------- tensors
     def cat(self, tensors: Sequence[Any], dim: int = 0) -> Any:
         return torch.cat(list(tensors), dim=dim)

@@ -34,10 +34,11 @@ def _weights(module) -> dict[str, bytes]:
     }
 
 
-# Every pass on every engine it supports. The fast subset keeps the pass with the most kinds of change (fused
-# weights, replaced submodules).
+# Every pass on every engine it supports (passes this CPU cannot run, cuda_graphs, are checked in tests/gpu).
+# The fast subset keeps the pass with the most kinds of change (fused weights, replaced submodules).
 CASES = [(name, backend) for name in registry.names("pass") for backend in ("paddle", "torch")
-         if backend in registry.resolve("pass", name).engines]  # fmt: skip
+         if backend in registry.resolve("pass", name).engines
+         and registry.resolve("pass", name).check_device("cpu") is None]  # fmt: skip
 
 
 FAST = (("qkv_fusion", "paddle"), ("qkv_fusion", "torch"))

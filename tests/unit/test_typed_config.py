@@ -11,7 +11,7 @@ from runner import registry
 from runner.conf_index import group_options
 from runner.errors import ConfigError
 from runner.plan import plan_run
-from runner.schema import MODES, BenchSettings, ModelConfig, RunMode, parse_backend, parse_mode
+from runner.schema import MODES, BenchSettings, MemorySettings, ModelConfig, RunMode, parse_backend, parse_mode
 from tests.support.configs import compose_config
 
 
@@ -34,6 +34,7 @@ def declared_defaults(schema: type) -> dict:
         ("mode", lambda name: MODES[name]),
         ("model", lambda name: ModelConfig),
         ("family", lambda name: ModelConfig),
+        ("memory", lambda name: MemorySettings),
     ],
 )
 def test_yaml_files_do_not_repeat_schema_defaults(group, schema_of):
