@@ -37,7 +37,9 @@ BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
 
 @dataclass(frozen=True)
 class Fp8LinearOptions(PassOptions):
-    # Also quantize the blocks' norm modulation Linears (AdaLayerNorm shift / scale / gate).
+    # Also quantize the blocks' norm modulation Linears (AdaLayerNorm shift / scale / gate). shapes_flux, 24 prompts
+    # against the unquantized fp32 run: 42.6 dB mean / 29.2 dB worst without them, 40.4 / 20.6 dB with them and
+    # lower prompt adherence (colour 0.54 instead of 0.58).
     modulation: bool = False
     # Measure each replaced layer's first output against the unquantized layer (one extra GEMM per layer, once;
     # on a GPU its original weight is copied back from the host for it).

@@ -1,23 +1,24 @@
 """groupnorm_silu: each GroupNorm whose output goes straight into a SiLU computes both in one kernel (PyTorch).
 
 Requires: 2-D convolution blocks where a GroupNorm feeds a SiLU: ResNet blocks (`norm1` -> `nonlinearity`,
-`norm2` -> `nonlinearity`; UNets and VAEs, their mid-blocks and up/down blocks) and the output norms of UNets
-and VAE encoders/decoders (`conv_norm_out` -> `conv_act`). Changes: such a GroupNorm's call is replaced, by a
-hook, with the fused GroupNorm+SiLU (components/torch/groupnorm_silu.py: a Triton kernel on CUDA, its
-reference implementation in torch operations elsewhere, so CPU runs verify the same algorithm), and the
-block's activation attribute with a stand-in that passes 4-D tensors through (they are the fused norms'
-outputs, already activated) and applies the original activation to anything else. That rule is what lets
-the fused norm stay out of the block's forward: a ResNet block's one `nonlinearity` module also activates
-the 2-D time embedding, which must still see the SiLU.
+`norm2` -> `nonlinearity`; UNets and VAEs, their mid-blocks and up/down blocks) and the output norms of
+UNets and VAE encoders/decoders (`conv_norm_out` -> `conv_act`). Changes: such a GroupNorm is replaced by a
+module sharing its parameters that computes GroupNorm+SiLU fused (components/torch/groupnorm_silu.py: a
+Triton kernel on CUDA, its reference implementation in torch operations elsewhere, so CPU runs verify the
+same algorithm; a module, not a hook on the norm's call: backend=inductor bypasses submodule hooks while its
+compiled code runs), and the block's activation attribute by a stand-in that passes 4-D tensors through
+(they are the fused norms' outputs, already activated) and applies the original activation to anything else.
+That rule is what lets the fused norm stay out of the block's forward: a ResNet block's one `nonlinearity`
+module also activates the 2-D time embedding, which must still see the SiLU.
 
-Blocks where something sits between the norm and the activation are skipped with the reason (a
-`scale_shift` time embedding scales and shifts norm2's output first; conditional norms, AdaGroupNorm and
-SpatialNorm, take a second input); so are other activations and 3-D convolution blocks. The block's
-forward is diffusers' own (the same structure in diffusers 0.31 and 0.42), and removing the pass removes
-the hooks and puts the original activation modules back, so outputs return bit for bit. Fused in fp32
-with one rounding, results differ from the unfused pair by rounding only (within the precision's
-verification tolerance). Not in any `default` list: on CPU the reference is slower than PyTorch's own
-GroupNorm and SiLU (docs/benchmarks.md); the GPU figures of the Triton kernel decide.
+Blocks where something sits between the norm and the activation are skipped with the reason (a `scale_shift`
+time embedding scales and shifts norm2's output first; conditional norms, AdaGroupNorm and SpatialNorm, take
+a second input); so are other activations and 3-D convolution blocks. The block's forward is diffusers' own
+(the same structure in diffusers 0.31 and 0.42), and removing the pass puts the original norm and activation
+modules back, so outputs return bit for bit. Fused in fp32 with one rounding, results differ from the
+unfused pair by rounding only (within the precision's verification tolerance). Not in any `default` list: on
+CPU the reference is slower than PyTorch's own GroupNorm and SiLU (docs/benchmarks.md); the GPU figures of
+the Triton kernel decide.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from runner.hooks import ModelHook
 from runner.pass_base import Pass, PassContext
 
 TRITON_MISSING = "groupnorm_silu needs the 'triton' package for its CUDA kernel: pip install triton"
@@ -48,16 +48,6 @@ PATTERNS = (
     Pattern(norms=("norm1", "norm2"), activation="nonlinearity", conv="conv1"),  # ResNet blocks
     Pattern(norms=("conv_norm_out",), activation="conv_act", conv="conv_out"),  # UNet, VAE encoder/decoder
 )
-
-
-class FusedGroupNormSiLU(ModelHook):
-    """Replaces a GroupNorm's call with GroupNorm+SiLU fused, using the layer's own parameters."""
-
-    def new_forward(self, module: Any, call: Any, *args: Any, **kwargs: Any) -> Any:
-        from components.torch.groupnorm_silu import group_norm_silu
-
-        (x,) = args
-        return group_norm_silu(x, module.weight, module.bias, module.num_groups, module.eps)
 
 
 def _unsupported(module: Any, pattern: Pattern) -> str | None:
@@ -127,7 +117,7 @@ class GroupNormSiLU(Pass):
         return "no GroupNorm feeding a SiLU"
 
     def apply(self, component: Any, ctx: PassContext) -> dict[str, Any]:
-        from components.torch.groupnorm_silu import ActivationAfterFusedNorms
+        from components.torch.groupnorm_silu import ActivationAfterFusedNorms, FusedGroupNormSiLU
 
         if _on_cuda(component, ctx) and not triton_available():
             raise RuntimeError(TRITON_MISSING)
@@ -135,7 +125,7 @@ class GroupNormSiLU(Pass):
         norms = Counter()
         for module, pattern in fusable:
             for name in pattern.norms:
-                ctx.changes.register_hook(getattr(module, name), self.name, FusedGroupNormSiLU())
+                ctx.changes.set_attribute(module, name, FusedGroupNormSiLU(getattr(module, name)))
             activation = ActivationAfterFusedNorms(getattr(module, pattern.activation), FUSED_RANK)
             ctx.changes.set_attribute(module, pattern.activation, activation)
             norms[type(module).__name__] += len(pattern.norms)

@@ -68,3 +68,21 @@ class ActivationAfterFusedNorms(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x if x.dim() == self.fused_rank else self.original(x)
+
+
+class FusedGroupNormSiLU(torch.nn.GroupNorm):
+    """Stands where a GroupNorm was and computes GroupNorm+SiLU fused, with that layer's own parameters.
+
+    A module, not a hook on the GroupNorm's call: backend=inductor bypasses hooks on submodules while its
+    compiled code runs (components/backends/torch_backends.py), which would drop the fusion. It shares the
+    original's Parameter objects (no copy; the state_dict keys stay `norm1.weight`, ...) and is a GroupNorm for
+    isinstance checks.
+    """
+
+    def __init__(self, norm: torch.nn.GroupNorm) -> None:
+        super().__init__(norm.num_groups, norm.num_channels, norm.eps, affine=False)  # allocates nothing
+        self.affine = norm.affine
+        self.weight, self.bias = norm.weight, norm.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return group_norm_silu(x, self.weight, self.bias, self.num_groups, self.eps)
