@@ -22,7 +22,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 from runner import registry  # noqa: E402 - after the skip: importing the runner is cheap, but says why first
 from runner.app import build_pipeline, optimize  # noqa: E402
+from runner.hooks import HookRegistry, remove_hook  # noqa: E402
 from runner.plan import plan_run  # noqa: E402
+from runner.verify import ENTRY_METHODS, HOOK_NAME  # noqa: E402
 from tests.support.configs import compose_config  # noqa: E402
 from tests.support.runs import max_pixel_diff  # noqa: E402
 
@@ -42,6 +44,18 @@ GPU_PASSES = sorted(n for n in registry.names("pass") if "torch" in registry.res
 
 def _overrides(family: str, *extra: str) -> list[str]:
     return [f"model={family}", f"precision={FAMILIES[family]}", *RUN, *extra]
+
+
+def _unoptimize(built) -> None:
+    """Back to the eager components: passes removed, verification hooks and the memory mode taken off."""
+    built.remove_passes()
+    for component in built.components.values():
+        for method in ENTRY_METHODS:
+            registry = HookRegistry.find(component, method) if callable(getattr(component, method, None)) else None
+            if registry is not None and HOOK_NAME in registry.names():
+                remove_hook(component, HOOK_NAME, method)
+    if built.memory is not None:
+        built.memory.remove()
 
 
 def _release() -> None:
@@ -79,7 +93,7 @@ def test_each_pass_against_eager(eager, pass_name):
         second = np.asarray(built.generate().state["images"])  # cuda_graphs: replays its captured graph
         report = built.passes_report()
     finally:
-        built.remove_passes()
+        _unoptimize(built)
         built.plan = base
     assert np.array_equal(first, second), "the same seed drew different images"
     assert all(v["max_abs_error"] <= v["bound"] for v in report["verified"]), report["verified"]
@@ -95,6 +109,7 @@ def test_cuda_graphs_with_every_graph_safe_sampler():
         overrides = _overrides("sd15", f"scheduler={scheduler}")
         built = build_pipeline(plan_run(compose_config(overrides)))
         reference = np.asarray(built.generate().state["images"])
+        _unoptimize(built)
         built.plan = plan_run(compose_config([*overrides, "passes=[cuda_graphs]"]))
         optimize(built)
         images = np.asarray(built.generate().state["images"])
