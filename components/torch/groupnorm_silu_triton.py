@@ -22,6 +22,18 @@ MAX_BLOCK = 2048  # elements per loop iteration; groups are usually far larger (
 
 
 @triton.jit
+def _group_offsets(start, size, hw, channels_per_group, base, stride_c, stride_hw, CHANNELS_LAST, BLOCK):
+    """The addresses, channel indices and mask of one block of a group's elements, in memory order."""
+    i = start + tl.arange(0, BLOCK)
+    mask = i < size
+    if CHANNELS_LAST:
+        c, p = i % channels_per_group, i // channels_per_group
+    else:
+        c, p = i // hw, i % hw
+    return base + c.to(tl.int64) * stride_c + p.to(tl.int64) * stride_hw, c, mask
+
+
+@triton.jit
 def _group_norm_silu_kernel(
     x_ptr,
     w_ptr,
@@ -48,38 +60,26 @@ def _group_norm_silu_kernel(
 
     total = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, size, BLOCK):
-        i = start + tl.arange(0, BLOCK)
-        mask = i < size
-        if CHANNELS_LAST:
-            c, p = i % channels_per_group, i // channels_per_group
-        else:
-            c, p = i // hw, i % hw
-        offsets = base + c.to(tl.int64) * stride_c + p.to(tl.int64) * stride_hw
+        offsets, c, mask = _group_offsets(
+            start, size, hw, channels_per_group, base, stride_c, stride_hw, CHANNELS_LAST, BLOCK
+        )
         total += tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(total, axis=0) / size
 
     squares = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, size, BLOCK):
-        i = start + tl.arange(0, BLOCK)
-        mask = i < size
-        if CHANNELS_LAST:
-            c, p = i % channels_per_group, i // channels_per_group
-        else:
-            c, p = i // hw, i % hw
-        offsets = base + c.to(tl.int64) * stride_c + p.to(tl.int64) * stride_hw
+        offsets, c, mask = _group_offsets(
+            start, size, hw, channels_per_group, base, stride_c, stride_hw, CHANNELS_LAST, BLOCK
+        )
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         deviation = tl.where(mask, x - mean, 0.0)
         squares += deviation * deviation
     rstd = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / size + eps)
 
     for start in range(0, size, BLOCK):
-        i = start + tl.arange(0, BLOCK)
-        mask = i < size
-        if CHANNELS_LAST:
-            c, p = i % channels_per_group, i // channels_per_group
-        else:
-            c, p = i // hw, i % hw
-        offsets = base + c.to(tl.int64) * stride_c + p.to(tl.int64) * stride_hw
+        offsets, c, mask = _group_offsets(
+            start, size, hw, channels_per_group, base, stride_c, stride_hw, CHANNELS_LAST, BLOCK
+        )
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         # Normalize and affine folded into one scale and shift per channel, as in the reference.
         scale = tl.zeros([BLOCK], dtype=tl.float32) + rstd
