@@ -19,11 +19,13 @@ checks the iteration on the CPU uncaptured; tests/gpu runs it captured on a GPU)
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 from components.stages.denoise import DENOISE_LOOP_ATTRIBUTE
-from runner.pass_base import Pass, PassContext
+from runner.errors import ConfigError
+from runner.pass_base import Pass, PassContext, PassOptions
 
 STEP_CACHE_CONFLICT = (
     "step_cache decides in Python at every call whether to run the network, and a captured graph replays one "
@@ -32,8 +34,23 @@ STEP_CACHE_CONFLICT = (
 TIMESTEP_EMBEDDINGS = ("time_embedding", "time_text_embed")  # UNet; SD3 and Flux transformers
 
 
+INDUCTOR_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that capture graphs themselves
+
+
+@dataclass(frozen=True)
+class CudaGraphsOptions(PassOptions):
+    # Captures kept (each holds a memory pool of the iteration's activations); the least recently used goes
+    # first. A server taking many guidance values or sizes recaptures instead of filling the GPU.
+    max_graphs: int = 4
+
+    def __post_init__(self) -> None:
+        if self.max_graphs < 1:
+            raise ConfigError(f"passes.cuda_graphs.max_graphs={self.max_graphs} must be at least 1")
+
+
 class CudaGraphs(Pass):
     name = "cuda_graphs"
+    options_schema = CudaGraphsOptions
     engines = ("torch",)
     requires = "a denoiser on a CUDA device and a sampler with a graph-safe step"
     changes = "the denoise iteration (denoiser, guidance, sampler step) captured once per shape and replayed"
@@ -53,6 +70,16 @@ class CudaGraphs(Pass):
         if reason is None:
             return None
         return f"{reason}; choose a scheduler with one: {', '.join(graph_safe_names())} (e.g. scheduler=euler)"
+
+    @classmethod
+    def check_backend(cls, name: str, options: Any) -> str | None:
+        mode = getattr(options, "mode", None)
+        if mode in INDUCTOR_GRAPH_MODES:
+            return (
+                f"backend.mode={mode} captures CUDA graphs of its own inside the iteration cuda_graphs captures; "
+                "use backend.mode=null or max-autotune-no-cudagraphs"
+            )
+        return None
 
     @classmethod
     def check_memory(cls, mode: str) -> str | None:
@@ -80,9 +107,10 @@ class CudaGraphs(Pass):
     def apply(self, component: Any, ctx: PassContext) -> dict[str, Any]:
         from components.torch.cuda_graphs import GraphedDenoiseLoop
 
-        loop = GraphedDenoiseLoop(capture=True)
+        loop = GraphedDenoiseLoop(capture=True, max_graphs=self.options.max_graphs)
         self.loops.append(loop)
         ctx.changes.set_attribute(component, DENOISE_LOOP_ATTRIBUTE, loop)
+        ctx.changes.on_undo(loop.clear)  # the graphs and their memory pools go with the pass
         return {"captured": "on first use, once per latent shape, step count and guidance setting"}
 
     def stats(self) -> dict[str, Any]:

@@ -23,6 +23,16 @@ def _same(a: Any, b: Any) -> bool:
     return tuple(a.shape) == tuple(b.shape) and bool((a == b).all())
 
 
+def _capturing(ids: tuple) -> bool:
+    """Whether a CUDA graph is being captured (the cuda_graphs pass): comparing ids would read device values on
+    the host, which capture forbids, so the hook then computes; the captured graph replays that computation."""
+    if not ids or not getattr(ids[0], "is_cuda", False):
+        return False
+    import torch
+
+    return torch.cuda.is_current_stream_capturing()
+
+
 class RopeCacheHook(ModelHook):
     """Memoizes the hooked method's result for the last `size` distinct ids tuples."""
 
@@ -33,7 +43,7 @@ class RopeCacheHook(ModelHook):
         self._next = 0
 
     def new_forward(self, module: Any, call: Any, *ids: Any, **kwargs: Any) -> Any:
-        if kwargs:  # the owners take the ids positionally; anything else is not what this cache keys on
+        if kwargs or _capturing(ids):  # the owners take the ids positionally: kwargs are not what this keys on
             return call(*ids, **kwargs)
         for key, (cached_ids, value) in self.entries.items():
             if len(cached_ids) == len(ids) and all(_same(a, b) for a, b in zip(cached_ids, ids)):

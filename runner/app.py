@@ -64,8 +64,17 @@ class BuiltPipeline:
         return self.memory.report() if self.memory is not None else {"mode": self.plan.memory.name}
 
     def remove_passes(self, names: list[str] | None = None) -> list[str]:
-        """Undo applied passes (all when None); the components compute what they did before them."""
-        return remove_passes(self.pass_report, names) if self.pass_report else []
+        """Undo applied passes (all when None); the components compute what they did before them. The memory
+        mode comes off first and goes back on after: its hooks sit on the modules it found (sequential: every
+        layer), and a removed pass puts other modules back."""
+        if not self.pass_report:
+            return []
+        if self.memory is not None:
+            self.memory.remove()
+        removed = remove_passes(self.pass_report, names)
+        if self.memory is not None:
+            self.memory = install_memory(self.plan, self.engine, self.components)
+        return removed
 
     def passes_report(self) -> dict[str, Any]:
         if self.pass_report is None:

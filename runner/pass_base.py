@@ -109,6 +109,11 @@ class Pass(abc.ABC):
         return None
 
     @classmethod
+    def check_backend(cls, name: str, options: Any) -> str | None:
+        """None when the pass can run with backend `name` and its options; otherwise why not (plan time)."""
+        return None
+
+    @classmethod
     def check_memory(cls, mode: str) -> str | None:
         """None when the pass can run under the memory mode `mode` (memory=...); otherwise why not (plan time)."""
         return None

@@ -96,52 +96,65 @@ def plan_passes(selection: Mapping[str, Any] | None, engine: str) -> tuple[PassC
     instances = {name: instantiate(choice) for name, choice in choices.items()}  # checks values too
     for name, instance in instances.items():
         for other, why in instance.conflicts.items():
-            if other in instances:
+            if other in instances and engine in instance.engines and engine in instances[other].engines:
                 raise ConfigError(f"passes {name} and {other} cannot run together: {why}")
     return tuple(choices[name] for name in order_passes(instances))
 
 
+def _running_on(choices: Sequence[PassChoice], engine: str) -> list[type[Pass]]:
+    """The chosen passes that act on `engine` (the others are skipped at build time, so nothing of theirs is
+    checked, nor their engine imported)."""
+    classes = [registry.resolve("pass", choice.name) for choice in choices]
+    return [cls for cls in classes if engine in cls.engines]
+
+
 def check_passes_with_backend(choices: Sequence[PassChoice], backend: Any) -> None:
     """A pass that runs Python inside a component's call cannot act on a component the backend compiles
-    (`backend.compile` roles: inductor, paddle_jit, paddle_inference): refused before any weights load."""
+    (`backend.compile` roles: inductor, paddle_jit, paddle_inference), and a pass may refuse a backend's
+    options (`Pass.check_backend`): refused before any weights load."""
+    passes = _running_on(choices, backend.engine)
+    for cls in passes:
+        reason = cls.check_backend(backend.name, backend.options)
+        if reason:
+            raise ConfigError(f"pass {cls.name} cannot run with backend={backend.name}: {reason}")
     compiled = list(getattr(backend.options, "compile", None) or [])
     if not compiled:
         return
-    for choice in choices:
-        if registry.resolve("pass", choice.name).needs_python_call:
+    for cls in passes:
+        if cls.needs_python_call:
             raise ConfigError(
-                f"pass {choice.name} cannot run with backend={backend.name}: it compiles the calls of "
-                f"backend.compile={compiled} and {choice.name} leaves such a call midway in Python; use an eager "
+                f"pass {cls.name} cannot run with backend={backend.name}: it compiles the calls of "
+                f"backend.compile={compiled} and {cls.name} leaves such a call midway in Python; use an eager "
                 "backend (torch, paddle) or backend.compile=[]"
             )
 
 
-def check_passes_with_scheduler(choices: Sequence[PassChoice], class_name: str, config: Mapping[str, Any]) -> None:
+def check_passes_with_scheduler(
+    choices: Sequence[PassChoice], engine: str, class_name: str, config: Mapping[str, Any]
+) -> None:
     """A pass that needs something of the sampler (cuda_graphs: a graph-safe step) refuses the run's sampler
     before any weights load."""
-    for choice in choices:
-        reason = registry.resolve("pass", choice.name).check_scheduler(class_name, config)
+    for cls in _running_on(choices, engine):
+        reason = cls.check_scheduler(class_name, config)
         if reason:
-            raise ConfigError(f"pass {choice.name} cannot run with this sampler: {reason}")
+            raise ConfigError(f"pass {cls.name} cannot run with this sampler: {reason}")
 
 
-def check_passes_with_memory(choices: Sequence[PassChoice], mode: str) -> None:
+def check_passes_with_memory(choices: Sequence[PassChoice], engine: str, mode: str) -> None:
     """A pass that cannot run while the memory mode moves weights (cuda_graphs under offload) is refused before
     any weights load."""
-    for choice in choices:
-        reason = registry.resolve("pass", choice.name).check_memory(mode)
+    for cls in _running_on(choices, engine):
+        reason = cls.check_memory(mode)
         if reason:
-            raise ConfigError(f"pass {choice.name} cannot run with memory={mode}: {reason}")
+            raise ConfigError(f"pass {cls.name} cannot run with memory={mode}: {reason}")
 
 
-def check_passes_on_device(choices: Sequence[PassChoice], device: str) -> str:
-    """A pass the device cannot run (fp8 GEMMs on an older GPU) is refused before any weights load; returns
-    `device` so that the plan can check it where it resolves it."""
-    for choice in choices:
-        reason = registry.resolve("pass", choice.name).check_device(device)
+def check_passes_on_device(choices: Sequence[PassChoice], engine: str, device: str) -> None:
+    """A pass the device cannot run (fp8 GEMMs on an older GPU) is refused before any weights load."""
+    for cls in _running_on(choices, engine):
+        reason = cls.check_device(device)
         if reason:
             raise CapabilityError(reason)
-    return device
 
 
 def instantiate(choice: PassChoice) -> Pass:

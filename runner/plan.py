@@ -80,10 +80,13 @@ def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan
     precision = parse_precision(cfg["precision"])
     passes = plan_passes(to_plain(cfg.get("passes")), backend.engine)
     check_passes_with_backend(passes, backend)
-    check_passes_with_scheduler(passes, scheduler.class_name, scheduler.config)
+    check_passes_with_scheduler(passes, backend.engine, scheduler.class_name, scheduler.config)
     memory = parse_memory(cfg.get("memory") or {"name": "none"})
     check_memory_with_backend(memory, backend, stages, model.weighted_roles)
-    check_passes_with_memory(passes, memory.name)
+    check_passes_with_memory(passes, backend.engine, memory.name)
+    device = check_backend(backend, precision) if check_capabilities else None
+    if device is not None:
+        check_passes_on_device(passes, backend.engine, device)
     return RunPlan(
         model=model,
         settings=settings,
@@ -95,7 +98,7 @@ def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan
         stages=tuple(stages),
         passes=passes,
         verify=settings.verify,
-        device=check_passes_on_device(passes, check_backend(backend, precision)) if check_capabilities else None,
+        device=device,
         loras=loras,
         memory=memory,
     )

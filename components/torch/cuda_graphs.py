@@ -14,7 +14,12 @@ One capture per key (latent shape and dtype, number of steps, sampler class, gui
 shapes): the first generation with a key runs one iteration eagerly on a side stream (warm-up: cuBLAS and
 cuDNN choose their kernels, lazily built buffers and the ancestral noise appear), restores the buffers,
 captures, and replays; later generations with the same key only refill and replay. A different guidance
-scale is a different key (it is a constant in the captured kernels).
+scale is a different key (it is a constant in the captured kernels). Each capture holds its own memory pool
+(the iteration's activations), so at most `max_graphs` are kept, least recently used first out.
+
+A graph replays the kernels and addresses it recorded: when the denoiser's modules or parameter storage
+change (another pass removed or applied, weights moved), every capture is dropped and the next generation
+captures again. Weights changed in place (a LoRA merged with set_loras) keep their addresses and need nothing.
 
 With capture=False the same buffers and iteration run eagerly: that is how the CPU tests check the iteration
 against the stock loop (a CPU has no graphs to capture).
@@ -23,6 +28,7 @@ against the stock loop (a CPU has no graphs to capture).
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -92,12 +98,23 @@ class _Iteration:
             self.graph.replay()
 
 
+def structure_of(module: Any) -> tuple:
+    """What a captured graph depends on besides its inputs: the module objects and their tensors' storage."""
+    return (
+        tuple(id(m) for m in module.modules()),
+        tuple(t.data_ptr() for t in module.parameters()),
+        tuple(t.data_ptr() for t in module.buffers()),
+    )
+
+
 class GraphedDenoiseLoop:
     """Runs a generation's denoise iterations, capturing one graph per key (see the module docstring)."""
 
-    def __init__(self, capture: bool = True) -> None:
+    def __init__(self, capture: bool = True, max_graphs: int = 4) -> None:
         self.capture = capture
-        self._iterations: dict[tuple, _Iteration] = {}
+        self.max_graphs = max_graphs
+        self._iterations: OrderedDict[tuple, _Iteration] = OrderedDict()
+        self._structure: tuple | None = None
         self.captures = 0
         self.replays = 0
         self.capture_s = 0.0
@@ -119,6 +136,13 @@ class GraphedDenoiseLoop:
         """The latents after all of `scheduler.timesteps` (the denoise stage's parts of one iteration: its
         guidance method and values, predictor, components, engine); `on_step` after each (timing, progress)."""
         parts = IterationParts(guidance, params, predictor, components, engine)
+        nested = [k for k, v in cond.items() if isinstance(v, (Mapping, list, tuple))]
+        if nested:  # only top-level tensors are refilled; a nested one would stay frozen in the graph
+            raise ValueError(f"conditioning entries {nested} are nested; the captured iteration takes flat tensors")
+        structure = structure_of(components[predictor.components[0]])
+        if structure != self._structure:
+            self.clear()
+            self._structure = structure
         steps = len(scheduler.timesteps)
         key = (
             _signature(latents),
@@ -135,7 +159,10 @@ class GraphedDenoiseLoop:
             if self.capture:
                 self._capture(iteration, latents)
             self._iterations[key] = iteration
+            while len(self._iterations) > self.max_graphs:
+                self._iterations.popitem(last=False)  # its graph and memory pool go with it
         else:
+            self._iterations.move_to_end(key)
             iteration.parts = parts  # same key, same values; the components are the same objects
             iteration.refill(latents, cond, scheduler, generator)
         for _ in range(steps):
@@ -158,6 +185,11 @@ class GraphedDenoiseLoop:
         iteration.graph = graph
         self.captures += 1
         self.capture_s += time.perf_counter() - start
+
+    def clear(self) -> None:
+        """Drop every capture (their graphs and memory pools)."""
+        self._iterations.clear()
+        self._structure = None
 
     def stats(self) -> dict[str, Any]:
         return {"captures": self.captures, "replays": self.replays, "capture_s": round(self.capture_s, 3)}

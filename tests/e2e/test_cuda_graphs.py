@@ -91,3 +91,49 @@ def test_memory_modes_that_move_weights_are_refused_with_it(memory):
     with pytest.raises(ConfigError) as error:
         plan_run(compose_config(["model=shapes_sd15", f"memory={memory}", "passes=[cuda_graphs]", *RUN]), False)
     assert str(error.value).startswith(f"pass cuda_graphs cannot run with memory={memory}: a captured graph reads")
+
+
+def test_inductor_modes_that_capture_graphs_themselves_are_refused():
+    overrides = ["model=shapes_sd15", "backend=inductor", "backend.mode=reduce-overhead", "passes=[cuda_graphs]"]
+    with pytest.raises(ConfigError) as error:
+        plan_run(compose_config([*overrides, "steps=2"]), False)
+    assert str(error.value) == (
+        "pass cuda_graphs cannot run with backend=inductor: backend.mode=reduce-overhead captures CUDA graphs of "
+        "its own inside the iteration cuda_graphs captures; use backend.mode=null or max-autotune-no-cudagraphs"
+    )
+
+
+def test_max_graphs_below_one_is_refused():
+    with pytest.raises(ConfigError, match=r"^passes.cuda_graphs.max_graphs=0 must be at least 1$"):
+        plan_run(
+            compose_config(["model=shapes_sd15", "passes=[cuda_graphs]", "passes.cuda_graphs.max_graphs=0"]), False
+        )
+
+
+def test_a_paddle_run_checks_nothing_of_a_torch_only_pass():
+    """cuda_graphs acts on PyTorch only: a Paddle run on the CPU plans (the pass is skipped when building)."""
+    plan = plan_run(compose_config(["model=shapes_sd15", "backend=paddle", "passes=[cuda_graphs,step_cache]"]))
+    assert [c.name for c in plan.passes] == ["cuda_graphs", "step_cache"]
+
+
+def test_captures_are_bounded_and_dropped_when_the_denoiser_changes():
+    """max_graphs keys at most (least recently used out); a change of the denoiser's modules or parameter
+    storage (here channels_last applied) drops every capture, so no graph replays stale addresses."""
+    built = build_pipeline(plan_run(compose_config(["model=tiny_sd15", *RUN])))
+    denoiser = _denoiser(built)
+    loop = GraphedDenoiseLoop(capture=False, max_graphs=1)
+    setattr(denoiser, DENOISE_LOOP_ATTRIBUTE, loop)
+    plan = built.plan
+    try:
+        _images(built, 3)
+        first_key = next(iter(loop._iterations))
+        built.plan = dataclasses.replace(plan, settings=dataclasses.replace(plan.settings, steps=3))
+        _images(built, 3)
+        assert len(loop._iterations) == 1 and next(iter(loop._iterations)) != first_key
+        kept = next(iter(loop._iterations.values()))
+        denoiser.to(memory_format=__import__("torch").channels_last)  # new parameter storage
+        _images(built, 3)
+        assert len(loop._iterations) == 1 and next(iter(loop._iterations.values())) is not kept
+    finally:
+        built.plan = plan
+        delattr(denoiser, DENOISE_LOOP_ATTRIBUTE)
