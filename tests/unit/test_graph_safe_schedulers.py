@@ -97,7 +97,8 @@ def test_ddim_clip_sample_and_sample_prediction():
 
 
 def test_ancestral_noise_follows_the_generator():
-    """Same seed: the stock image; another seed: a different one (the noise really comes from the generator)."""
+    """Another seed gives other latents: the noise really comes from the generator (that the same seed gives
+    the stock latents is test_sd_samplers_step_as_the_stock_scheduler[euler_a-...])."""
     scheduler = _scheduler("tiny_sd15", "euler_a")
     _set_timesteps(scheduler, 6)
     latents = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
@@ -146,6 +147,9 @@ def test_unsupported_configurations_say_why(class_name, config, reason):
 
 def test_every_configured_discrete_sampler_is_covered_or_refused():
     """The samplers conf/scheduler offers: graph-safe ones are the ones tested above, the rest say why."""
+    for name in ("ddpm", "heun", "lms", "unipc"):
+        class_name = _scheduler("tiny_sd15", name).__class__.__name__
+        assert why_not_graph_safe(class_name, {}) == f"{class_name} has no graph-safe step"
     covered = set(graph_safe_names())
     assert covered == {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DDIMScheduler",
                        "DPMSolverMultistepScheduler", "FlowMatchEulerDiscreteScheduler", "PNDMScheduler"}  # fmt: skip
