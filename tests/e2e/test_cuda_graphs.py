@@ -110,6 +110,7 @@ def test_max_graphs_below_one_is_refused():
         )
 
 
+@pytest.mark.paddle
 def test_a_paddle_run_checks_nothing_of_a_torch_only_pass():
     """cuda_graphs acts on PyTorch only: a Paddle run on the CPU plans (the pass is skipped when building)."""
     plan = plan_run(compose_config(["model=shapes_sd15", "backend=paddle", "passes=[cuda_graphs,step_cache]"]))
