@@ -110,17 +110,11 @@ def _running_on(choices: Sequence[PassChoice], engine: str) -> list[type[Pass]]:
 
 def check_passes_with_backend(choices: Sequence[PassChoice], backend: Any) -> None:
     """A pass that runs Python inside a component's call cannot act on a component the backend compiles
-    (`backend.compile` roles: inductor, paddle_jit, paddle_inference), and a pass may refuse a backend's
-    options (`Pass.check_backend`): refused before any weights load."""
-    passes = _running_on(choices, backend.engine)
-    for cls in passes:
-        reason = cls.check_backend(backend.name, backend.options)
-        if reason:
-            raise ConfigError(f"pass {cls.name} cannot run with backend={backend.name}: {reason}")
+    (`backend.compile` roles: inductor, paddle_jit, paddle_inference): refused before any weights load."""
     compiled = list(getattr(backend.options, "compile", None) or [])
     if not compiled:
         return
-    for cls in passes:
+    for cls in _running_on(choices, backend.engine):
         if cls.needs_python_call:
             raise ConfigError(
                 f"pass {cls.name} cannot run with backend={backend.name}: it compiles the calls of "
@@ -129,30 +123,26 @@ def check_passes_with_backend(choices: Sequence[PassChoice], backend: Any) -> No
             )
 
 
-def check_passes_with_scheduler(
-    choices: Sequence[PassChoice], engine: str, class_name: str, config: Mapping[str, Any]
+def check_passes_against_run(
+    choices: Sequence[PassChoice],
+    backend: Any,
+    scheduler: tuple[str, Mapping[str, Any]],
+    memory_mode: str,
+    device: str | None,
 ) -> None:
-    """A pass that needs something of the sampler (cuda_graphs: a graph-safe step) refuses the run's sampler
-    before any weights load."""
-    for cls in _running_on(choices, engine):
-        reason = cls.check_scheduler(class_name, config)
-        if reason:
-            raise ConfigError(f"pass {cls.name} cannot run with this sampler: {reason}")
-
-
-def check_passes_with_memory(choices: Sequence[PassChoice], engine: str, mode: str) -> None:
-    """A pass that cannot run while the memory mode moves weights (cuda_graphs under offload) is refused before
-    any weights load."""
-    for cls in _running_on(choices, engine):
-        reason = cls.check_memory(mode)
-        if reason:
-            raise ConfigError(f"pass {cls.name} cannot run with memory={mode}: {reason}")
-
-
-def check_passes_on_device(choices: Sequence[PassChoice], engine: str, device: str) -> None:
-    """A pass the device cannot run (fp8 GEMMs on an older GPU) is refused before any weights load."""
-    for cls in _running_on(choices, engine):
-        reason = cls.check_device(device)
+    """Each pass that acts on the run's engine is asked about the backend's options, the sampler (class name,
+    config), the memory mode and, when known, the device (`Pass.check_*`: cuda_graphs wants a graph-safe step
+    and a CUDA device, fp8_linear fp8 matrix units); the first refusal stops the run before any weights load."""
+    class_name, config = scheduler
+    for cls in _running_on(choices, backend.engine):
+        for reason, what in (
+            (cls.check_backend(backend.name, backend.options), f"backend={backend.name}"),
+            (cls.check_scheduler(class_name, config), "this sampler"),
+            (cls.check_memory(memory_mode), f"memory={memory_mode}"),
+        ):
+            if reason:
+                raise ConfigError(f"pass {cls.name} cannot run with {what}: {reason}")
+        reason = cls.check_device(device) if device is not None else None
         if reason:
             raise CapabilityError(reason)
 

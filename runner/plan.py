@@ -19,10 +19,8 @@ from runner.executor import initial_state
 from runner.graph import Stage, build_graph, check_run_values
 from runner.pass_manager import (
     PassChoice,
-    check_passes_on_device,
+    check_passes_against_run,
     check_passes_with_backend,
-    check_passes_with_memory,
-    check_passes_with_scheduler,
     plan_passes,
 )
 from runner.scheduling import SchedulerChoice, choose_scheduler
@@ -80,13 +78,10 @@ def plan_run(cfg: Mapping[str, Any], check_capabilities: bool = True) -> RunPlan
     precision = parse_precision(cfg["precision"])
     passes = plan_passes(to_plain(cfg.get("passes")), backend.engine)
     check_passes_with_backend(passes, backend)
-    check_passes_with_scheduler(passes, backend.engine, scheduler.class_name, scheduler.config)
     memory = parse_memory(cfg.get("memory") or {"name": "none"})
     check_memory_with_backend(memory, backend, stages, model.weighted_roles)
-    check_passes_with_memory(passes, backend.engine, memory.name)
     device = check_backend(backend, precision) if check_capabilities else None
-    if device is not None:
-        check_passes_on_device(passes, backend.engine, device)
+    check_passes_against_run(passes, backend, (scheduler.class_name, scheduler.config), memory.name, device)
     return RunPlan(
         model=model,
         settings=settings,

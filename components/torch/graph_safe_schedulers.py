@@ -102,24 +102,31 @@ class GraphSafeSampler(abc.ABC):
             self.state[name] = torch.zeros_like(like)
         return self.state[name]
 
+
+class _EulerFamily(GraphSafeSampler):
+    """What the Euler samplers share: sigma tables, input scaling and the x0 prediction."""
+
+    @staticmethod
+    def sigma_tables(sigmas: torch.Tensor, steps: int) -> dict[str, torch.Tensor]:
+        sigma = [sigmas[i] for i in range(steps)]
+        return {
+            "sigma": _host_table(sigma),
+            "input_div": _host_table([(s**2 + 1) ** 0.5 for s in sigma]),  # scale_model_input
+            "v_out": _host_table([-s / (s**2 + 1) ** 0.5 for s in sigma]),  # v-prediction to x0
+            "v_div": _host_table([s**2 + 1 for s in sigma]),
+        }
+
+    def scale_input(self, sample: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return sample / at(self.tables["input_div"], index)
+
     def _x0(self, model_output: torch.Tensor, sample: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Euler-family prediction of the clean sample (sigma parametrisation)."""
+        """The prediction of the clean sample (sigma parametrisation)."""
         if self.config.prediction_type == "epsilon":
             return sample - at(self.tables["sigma"], index) * model_output
         return model_output * at(self.tables["v_out"], index) + sample / at(self.tables["v_div"], index)
 
 
-def _euler_input_tables(sigmas: torch.Tensor, steps: int) -> dict[str, torch.Tensor]:
-    sigma = [sigmas[i] for i in range(steps)]
-    return {
-        "sigma": _host_table(sigma),
-        "input_div": _host_table([(s**2 + 1) ** 0.5 for s in sigma]),  # scale_model_input
-        "v_out": _host_table([-s / (s**2 + 1) ** 0.5 for s in sigma]),  # v-prediction to x0
-        "v_div": _host_table([s**2 + 1 for s in sigma]),
-    }
-
-
-class EulerSampler(GraphSafeSampler):
+class EulerSampler(_EulerFamily):
     """EulerDiscreteScheduler without churn (s_churn=0, what the pipelines use): gamma 0, sigma_hat = sigma."""
 
     class_names = ("EulerDiscreteScheduler",)
@@ -128,12 +135,9 @@ class EulerSampler(GraphSafeSampler):
         sigmas, steps = scheduler.sigmas, len(scheduler.timesteps)
         sigma_hat = [sigmas[i] * (0.0 + 1) for i in range(steps)]
         return {
-            **_euler_input_tables(sigmas, steps),
+            **self.sigma_tables(sigmas, steps),
             "dt": _host_table([sigmas[i + 1] - sigma_hat[i] for i in range(steps)]),
         }
-
-    def scale_input(self, sample: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return sample / at(self.tables["input_div"], index)
 
     def step(self, model_output: torch.Tensor, sample: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         sample = sample.to(torch.float32)
@@ -142,7 +146,7 @@ class EulerSampler(GraphSafeSampler):
         return (sample + derivative * at(self.tables["dt"], index)).to(model_output.dtype)
 
 
-class EulerAncestralSampler(GraphSafeSampler):
+class EulerAncestralSampler(_EulerFamily):
     """EulerAncestralDiscreteScheduler: Euler to sigma_down, then noise scaled by sigma_up (drawn up front)."""
 
     class_names = ("EulerAncestralDiscreteScheduler",)
@@ -160,7 +164,7 @@ class EulerAncestralSampler(GraphSafeSampler):
             sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
             up.append(sigma_up)
             down.append((sigma_to**2 - sigma_up**2) ** 0.5)
-        tables = _euler_input_tables(sigmas, steps)
+        tables = self.sigma_tables(sigmas, steps)
         tables["dt"] = _host_table([down[i] - sigmas[i] for i in range(steps)])
         tables["sigma_up"] = _host_table(up)
         return tables
@@ -185,9 +189,6 @@ class EulerAncestralSampler(GraphSafeSampler):
         if into.shape != noise.shape:
             raise ValueError(f"ancestral noise of shape {tuple(noise.shape)} cannot refill {tuple(into.shape)}")
         return into.copy_(noise)
-
-    def scale_input(self, sample: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return sample / at(self.tables["input_div"], index)
 
     def step(self, model_output: torch.Tensor, sample: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         if self.noise is None or self.noise.shape[1:] != model_output.shape:
